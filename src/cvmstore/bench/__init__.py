@@ -1,0 +1,20 @@
+"""Benchmarks behind `cvmstore bench`: every figure beside a baseline from the same run.
+
+Each suite is a module with `run(config) -> Report`; `SUITES` names them for the command line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from cvmstore.bench import block
+from cvmstore.bench._harness import BenchConfig as BenchConfig
+from cvmstore.bench._harness import Figure as Figure
+from cvmstore.bench._harness import Report as Report
+
+__all__ = ["SUITES", "BenchConfig", "Figure", "Report"]
+
+#: Suite name -> (one-line description, runner).
+SUITES: dict[str, tuple[str, Callable[[BenchConfig], Report]]] = {
+    "block": ("FileDevice against bare os.pread/os.pwrite", block.run),
+}

@@ -1,0 +1,1 @@
+"""The `cvmstore` command line: parses arguments, calls the library, prints results."""

@@ -1,0 +1,35 @@
+"""`cvmstore demo`: run the whole story on embedded defaults."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from cvmstore.demo import run_demo
+
+__all__ = ["register"]
+
+
+def register(commands: Any) -> None:  # noqa: ANN401 (argparse's subparsers type is private)
+    """Add `demo` to the command line."""
+    parser = commands.add_parser(
+        "demo",
+        help="play the whole flow on embedded defaults, attacks included",
+        description=(
+            "Play the whole cvmstore story with nothing to prepare: make an image, use it, "
+            "then play the hostile host and show each attack detected. Every step prints "
+            "what happened and what was expected; the exit status is 0 only if every "
+            "expectation held."
+        ),
+    )
+    parser.add_argument(
+        "--keep", type=Path, metavar="DIR", help="keep the files the demo makes in DIR"
+    )
+    parser.set_defaults(handler=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    result = run_demo(sys.stdout, keep=args.keep)
+    return 0 if result.ok else 1

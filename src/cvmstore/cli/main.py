@@ -1,0 +1,61 @@
+"""Entry point of `cvmstore`: the subcommands and the mapping of errors to exit codes.
+
+Each subcommand group lives in its own module with `register(subparsers)`; this module only
+assembles them, runs the chosen handler, and turns a `CvmstoreError` into one line on stderr
+and the class's documented exit code. Any other exception is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from cvmstore import __version__
+from cvmstore.cli import bench, demo
+from cvmstore.errors import CvmstoreError, all_error_classes
+
+__all__ = ["build_parser", "entry_point", "main"]
+
+
+def _exit_code_table() -> str:
+    rows = [f"  {cls.exit_code:>3}  {cls.__name__}" for cls in all_error_classes()]
+    return "exit status:\n    0  success\n    2  usage error\n" + "\n".join(rows)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command-line grammar."""
+    parser = argparse.ArgumentParser(
+        prog="cvmstore",
+        description=(
+            "Trusted persistent storage for confidential VMs: an encrypted, authenticated, "
+            "rollback-protected store on an image file the host controls."
+        ),
+        epilog=_exit_code_table(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"cvmstore {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in (demo, bench):
+        module.register(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run `cvmstore` with `argv` (default: `sys.argv[1:]`) and return the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.handler(args)
+    except CvmstoreError as exc:
+        print(f"cvmstore: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("cvmstore: interrupted", file=sys.stderr)
+        return 130
+    return code
+
+
+def entry_point() -> None:
+    """The console script."""
+    sys.exit(main())
