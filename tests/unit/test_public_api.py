@@ -1,0 +1,42 @@
+"""The exported names are deliberate: an accidental export or removal fails here."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+EXPECTED = {
+    "cvmstore": ["__version__"],
+    "cvmstore.block": [
+        "SECTOR_SIZE",
+        "BlockDevice",
+        "FileDevice",
+        "ImageProfile",
+        "MemoryDevice",
+        "check_image_size",
+    ],
+    "cvmstore.testing": [
+        "CrashDevice",
+        "CrashPoint",
+        "CrashState",
+        "HostileDevice",
+        "check_block_device",
+        "clone_file",
+        "exhaustive_state_count",
+        "flip_bit",
+        "restore",
+        "snapshot",
+        "swap_blocks",
+        "truncate_file",
+        "zero_block",
+    ],
+}
+
+
+@pytest.mark.parametrize("module", sorted(EXPECTED))
+def test_exports(module: str) -> None:
+    mod = importlib.import_module(module)
+    assert sorted(mod.__all__) == sorted(EXPECTED[module])
+    for name in mod.__all__:
+        assert hasattr(mod, name), f"{module}.{name} is listed but missing"
