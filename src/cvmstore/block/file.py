@@ -48,7 +48,7 @@ class FileDevice:
         *,
         profile: ImageProfile = ImageProfile.VIRTIO,
         block_size: int = 4096,
-        firmware_code: Path | None = None,
+        firmware_code: str | os.PathLike[str] | None = None,
         overwrite: bool = False,
     ) -> Self:
         """Create a zero-filled, sparse image of `size` bytes and open it.
@@ -83,7 +83,7 @@ class FileDevice:
         *,
         profile: ImageProfile = ImageProfile.VIRTIO,
         block_size: int = 4096,
-        firmware_code: Path | None = None,
+        firmware_code: str | os.PathLike[str] | None = None,
         read_only: bool = False,
     ) -> Self:
         """Open an existing image; its size must suit the profile and block size.

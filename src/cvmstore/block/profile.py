@@ -36,7 +36,7 @@ def check_image_size(
     size: int,
     profile: ImageProfile,
     block_size: int,
-    firmware_code: Path | None = None,
+    firmware_code: str | os.PathLike[str] | None = None,
 ) -> None:
     """Raise `DeviceError` (with the reason and the limit) if QEMU could not attach the image.
 
