@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import enum
 import os
-from pathlib import Path
 
 from cvmstore._units import format_size
 from cvmstore.errors import DeviceError
