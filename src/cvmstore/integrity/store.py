@@ -38,6 +38,7 @@ from cvmstore._types import BlockIndex
 from cvmstore.block.protocol import BlockDevice
 from cvmstore.crypto.keys import UnlockKeys, VolumeKeys, derive_unlock_keys
 from cvmstore.errors import (
+    AnchorError,
     CvmstoreError,
     DeviceError,
     ForkError,
@@ -310,10 +311,9 @@ class SecureStore:
         anchored = self._anchor.read(self._id)
         generation, digest = slot.generation, slot.digest()
         if anchored is None:
-            raise ForkError(
+            raise AnchorError(
                 f"the anchor has no record of volume {self._id.hex()}: it was formatted "
-                f"against another anchor",
-                location="anchor",
+                f"against another anchor"
             )
         if generation < anchored.generation:
             raise RollbackError(
