@@ -23,6 +23,8 @@ settings.register_profile("deep", max_examples=5_000, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 ROOT = Path(__file__).resolve().parent.parent
+#: Variables that steer the tests themselves, kept when the environment is scrubbed.
+TEST_SETTINGS = {"CVMSTORE_VECTORS", "CVMSTORE_CRASH_BOUND"}
 
 
 def in_ci() -> bool:
@@ -51,5 +53,5 @@ def vectors_dir() -> Path:
 def _scrub_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """Keep a developer's cvmstore settings out of every test."""
     for name in list(os.environ):
-        if name.startswith("CVMSTORE_") and name != "CVMSTORE_VECTORS":
+        if name.startswith("CVMSTORE_") and name not in TEST_SETTINGS:
             monkeypatch.delenv(name)
