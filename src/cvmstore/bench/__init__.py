@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from cvmstore.bench import block
+from cvmstore.bench import block, store
 from cvmstore.bench._harness import BenchConfig as BenchConfig
 from cvmstore.bench._harness import Figure as Figure
 from cvmstore.bench._harness import Report as Report
@@ -17,4 +17,5 @@ __all__ = ["SUITES", "BenchConfig", "Figure", "Report"]
 #: Suite name -> (one-line description, runner).
 SUITES: dict[str, tuple[str, Callable[[BenchConfig], Report]]] = {
     "block": ("FileDevice against bare os.pread/os.pwrite", block.run),
+    "store": ("the secure store against raw file I/O with the same fsync cadence", store.run),
 }

@@ -126,7 +126,7 @@ def interleave(
     return statistics.median(ours), statistics.median(theirs)
 
 
-def rate(operations: int, work: Callable[[], object]) -> float:
+def rate(operations: float, work: Callable[[], object]) -> float:
     """Run `work` once and return operations per second."""
     start = time.perf_counter()
     work()

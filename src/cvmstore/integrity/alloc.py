@@ -37,6 +37,7 @@ class Allocator:
         self._load = load
         self._maps: dict[int, bytearray] = {}
         self._bits = geometry.block_size * 8
+        self._data_start = geometry.data_start
         self.cursor = cursor % geometry.data_blocks
         self._committed_used = used
         self.pending_alloc: set[int] = set()
@@ -73,7 +74,7 @@ class Allocator:
 
     def is_set(self, physical: int) -> bool:
         """Whether a data-area block is marked in use in the working bitmap."""
-        index, bit = divmod(physical - self._geo.data_start, self._bits)
+        index, bit = divmod(physical - self._data_start, self._bits)
         return bool(self.bitmap(index)[bit // 8] & (1 << (bit % 8)))
 
     def allocate(self) -> int:
@@ -84,6 +85,15 @@ class Allocator:
         """
         total = self._geo.data_blocks
         position = self.cursor
+        # Fast path: the block at the cursor is free (the common case while the device fills).
+        index, bit = divmod(position, self._bits)
+        buf = self._maps.get(index)
+        if buf is not None and not buf[bit // 8] & (1 << (bit % 8)):
+            buf[bit // 8] |= 1 << (bit % 8)
+            self.dirty.add(index)
+            self.pending_alloc.add(position)
+            self.cursor = (position + 1) % total
+            return self._data_start + position
         scanned = 0
         while scanned < total:
             index, bit = divmod(position, self._bits)
@@ -97,7 +107,7 @@ class Allocator:
                         self._set(relative, True)
                         self.pending_alloc.add(relative)
                         self.cursor = (relative + 1) % total
-                        return self._geo.data_start + relative
+                        return self._data_start + relative
             # nothing free in the rest of this bitmap block: go on at the next one
             step = limit - bit
             scanned += step
@@ -110,17 +120,17 @@ class Allocator:
 
     def is_pending(self, physical: int) -> bool:
         """Whether the block was allocated by this commit (so it may be rewritten in place)."""
-        return physical - self._geo.data_start in self.pending_alloc
+        return physical - self._data_start in self.pending_alloc
 
     def release(self, physical: int) -> None:
         """Give back a block this commit allocated and no longer needs."""
-        relative = physical - self._geo.data_start
+        relative = physical - self._data_start
         self.pending_alloc.discard(relative)
         self._set(relative, False)
 
     def free(self, physical: int) -> None:
         """Free a committed block when this commit lands."""
-        self.pending_free.add(physical - self._geo.data_start)
+        self.pending_free.add(physical - self._data_start)
 
     def prepare_commit(self) -> dict[int, bytes]:
         """Apply this commit's frees; return the bitmap blocks to write (index -> bytes)."""

@@ -196,6 +196,7 @@ class SecureStore:
         self._clock = clock
         self._id = slot.volume_id
         self._geo = plan(slot.physical_blocks, slot.block_size)
+        self._data_range = range(self._geo.data_start, self._geo.data_start + self._geo.data_blocks)
         self._root = slot.root
         self._nodes = NodeCache(
             device, self._geo, keys, self._id, lambda: self._root, cache_bytes // slot.block_size
@@ -435,7 +436,7 @@ class SecureStore:
             return bytes(self._geo.block_size)
         if kind is Kind.DATA:
             where = f"logical block {index} at block {entry.physical}"
-            if not self._geo.in_data_area(entry.physical):
+            if entry.physical not in self._data_range:
                 raise IntegrityError("entry points outside the data area", location=where)
         else:
             where = f"bitmap block {index} at block {entry.physical}"
@@ -455,14 +456,16 @@ class SecureStore:
         virtual = self._geo.logical + index
         return self._read_leaf(Kind.BITMAP, virtual, index, self._nodes.leaf(virtual))
 
-    def _seal(self, kind: Kind, level: int, index: int, data: bytes) -> tuple[bytes, Entry]:
+    def _seal(
+        self, kind: Kind, level: int, index: int, data: bytes, physical: int
+    ) -> tuple[bytes, Entry]:
         generation = self._slot.generation + 1
         nonce = self._keys.next_nonce()
         if self.nonces_used is not None:
             self.nonces_used.append((generation, nonce))
         cipher = self._keys.cipher(generation)
         sealed, tag = cipher.encrypt(nonce, data, aad(self._id, kind, level, index, generation))
-        return sealed, Entry(0, generation, nonce, tag)
+        return sealed, Entry(physical, generation, nonce, tag)
 
     def write(self, index: int, data: bytes) -> None:
         """Write logical block `index` (atomic and durable at the next `commit`).
@@ -483,9 +486,9 @@ class SecureStore:
                 physical = self._alloc.allocate()
                 if not old.empty:
                     self._alloc.free(old.physical)
-            sealed, entry = self._seal(Kind.DATA, 0, index, data)
+            sealed, entry = self._seal(Kind.DATA, 0, index, data, physical)
             self._device.write(BlockIndex(physical), sealed)
-            self._nodes.set_leaf(index, replace(entry, physical=physical))
+            self._nodes.set_leaf(index, entry)
         except IntegrityError as exc:
             raise self._failing(exc) from None
 
@@ -533,9 +536,9 @@ class SecureStore:
         for index, bitmap in self._alloc.prepare_commit().items():
             virtual = geo.logical + index
             target = _other(self._nodes.leaf(virtual).physical, geo.bitmap_slots(index))
-            sealed, entry = self._seal(Kind.BITMAP, 0, index, bitmap)
+            sealed, entry = self._seal(Kind.BITMAP, 0, index, bitmap, target)
             self._device.write(BlockIndex(target), sealed)
-            self._nodes.set_leaf(virtual, replace(entry, physical=target))
+            self._nodes.set_leaf(virtual, entry)
         root = self._root
         for level in range(geo.depth):
             for index in self._nodes.dirty_at(level):
@@ -543,9 +546,8 @@ class SecureStore:
                     self._nodes.child_entry(level, index).physical, geo.node_slots(level, index)
                 )
                 plain = bytes(self._nodes.dirty_node(level, index))
-                sealed, entry = self._seal(Kind.NODE, level, index, plain)
+                sealed, entry = self._seal(Kind.NODE, level, index, plain, target)
                 self._device.write(BlockIndex(target), sealed)
-                entry = replace(entry, physical=target)
                 if level == geo.depth - 1:
                     root = entry
                 else:
