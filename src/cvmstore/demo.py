@@ -2,11 +2,13 @@
 
 Each step does something for real, says what happened and what was expected, and the demo
 exits 0 only if every expectation held. It grows with the project: today it shows the block
-layer and the hostile host that the layers above must defeat.
+layer, the secure store on a pflash image with a file anchor, and the hostile host's attacks
+(a flipped bit, a restored older image, a clone, a wrong key) each detected.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -18,8 +20,16 @@ from typing import TextIO
 from cvmstore._types import BlockIndex
 from cvmstore._units import format_size
 from cvmstore.block import FileDevice, ImageProfile, MemoryDevice
-from cvmstore.errors import DeviceError
-from cvmstore.testing import CrashDevice, exhaustive_state_count, flip_bit
+from cvmstore.errors import (
+    CvmstoreError,
+    DeviceError,
+    ForkError,
+    IntegrityError,
+    RollbackError,
+    WrongKeyError,
+)
+from cvmstore.integrity import FileAnchor, format_store, open_store
+from cvmstore.testing import CrashDevice, clone_file, exhaustive_state_count, flip_bit
 
 __all__ = ["DemoResult", "run_demo"]
 
@@ -131,14 +141,106 @@ def _block_layer(say: _Narrator, work: Path) -> None:
 
     say.step("Enumerate what a crash can leave", "every subset and every torn write", crash_states)
 
-    def tamper() -> tuple[bool, str]:
-        with FileDevice.open(image) as dev:
-            flip_bit(dev, 0, 3)
-            back = dev.read(BlockIndex(0))[:16]
-        changed = back != b"vTPM NV state v1"
-        return changed, (
-            f"the raw image now reads {back!r}: the block layer returns whatever the host "
-            f"wrote, which is why every layer above it verifies"
+    _secure_store(say, work, code)
+
+
+def _expect_error(kind: type[CvmstoreError], action: Callable[[], object]) -> tuple[bool, str]:
+    try:
+        action()
+    except kind as exc:
+        return True, f"{type(exc).__name__}: {exc}"
+    except CvmstoreError as exc:
+        return False, f"wrong error {type(exc).__name__}: {exc}"
+    return False, "nothing was detected"
+
+
+def _secure_store(say: _Narrator, work: Path, code: Path | None) -> None:
+    image = work / "svsm-store.img"
+    anchor = FileAnchor(work / "anchor.json")
+    key = os.urandom(32)
+    nv = b"vTPM NV state, boot 1".ljust(4096, b"\0")
+    dbx_old = b"dbx: 12 revoked hashes".ljust(4096, b"\0")
+    dbx_new = b"dbx: 13 revoked hashes (bootkit revoked)".ljust(4096, b"\0")
+    snapshots: dict[str, bytes] = {}
+
+    def first_boot() -> tuple[bool, str]:
+        size = 512 << 10
+        with FileDevice.create(image, size, profile=ImageProfile.PFLASH, firmware_code=code) as dev:
+            store = format_store(dev, key, anchor)
+            store.write(0, nv)
+            store.write(1, dbx_old)
+            generation = store.commit()
+            store.close()
+        snapshots["before dbx update"] = image.read_bytes()
+        raw = image.read_bytes()
+        leaked = b"vTPM NV state" in raw or b"revoked" in raw
+        return not leaked, (
+            f"formatted a {format_size(size)} store, committed generation {generation}; "
+            f"plaintext in the image file: {'YES' if leaked else 'none'}"
         )
 
-    say.step("The host flips one bit of the image", "the raw block layer is fooled", tamper)
+    say.step(
+        "Boot 1: format the store, write the vTPM state and the dbx",
+        "committed, anchored, and no plaintext in the image",
+        first_boot,
+    )
+
+    def second_boot() -> tuple[bool, str]:
+        with FileDevice.open(image) as dev:
+            store = open_store(dev, key, anchor)
+            ok = store.read(0) == nv and store.read(1) == dbx_old
+            store.write(1, dbx_new)
+            generation = store.commit()
+            store.close()
+        return ok, f"read both back intact; updated the dbx as generation {generation}"
+
+    say.step("Boot 2: reopen, verify, update the dbx", "the data reads back", second_boot)
+
+    def flip() -> tuple[bool, str]:
+        damaged = work / "damaged.img"
+        clone_file(image, damaged)
+        with FileDevice.open(damaged) as dev:
+            store = open_store(dev, key, anchor)
+            target = store.geometry.data_start
+            for block in range(store.geometry.data_start, dev.block_count):
+                if any(dev.read(BlockIndex(block))):
+                    target = block
+                    break
+            flip_bit(dev, target, 5)
+            return _expect_error(IntegrityError, lambda: [store.read(i) for i in range(2)])
+
+    say.step("The host flips one bit of a data block", "an integrity error naming the block", flip)
+
+    def rollback() -> tuple[bool, str]:
+        old = work / "restored.img"
+        old.write_bytes(snapshots["before dbx update"])
+        with FileDevice.open(old) as dev:
+            return _expect_error(RollbackError, lambda: open_store(dev, key, anchor))
+
+    say.step(
+        "The host restores the image from before the dbx update (the dbx rollback)",
+        "refused as a rollback by the anchor",
+        rollback,
+    )
+
+    def fork() -> tuple[bool, str]:
+        twin = clone_file(image, work / "clone.img")
+        with FileDevice.open(image) as dev_a, FileDevice.open(twin) as dev_b:
+            first = open_store(dev_a, key, anchor)
+            second = open_store(dev_b, key, anchor)
+            first.write(0, b"guest A".ljust(4096, b"\0"))
+            first.commit()
+            second.write(0, b"guest B".ljust(4096, b"\0"))
+            return _expect_error(ForkError, second.commit)
+
+    say.step(
+        "The host starts a clone of the image beside the original",
+        "the second guest to commit is refused as a fork",
+        fork,
+    )
+
+    def wrong_key() -> tuple[bool, str]:
+        with FileDevice.open(image) as dev:
+            return _expect_error(WrongKeyError, lambda: open_store(dev, os.urandom(32), anchor))
+
+    say.step("Someone opens the image with another key", "a wrong-key error", wrong_key)
