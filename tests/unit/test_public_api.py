@@ -7,7 +7,30 @@ import importlib
 import pytest
 
 EXPECTED = {
-    "cvmstore": ["__version__"],
+    "cvmstore": [
+        "AnchorPolicy",
+        "FileAnchor",
+        "NoAnchor",
+        "SecureStore",
+        "__version__",
+        "format_store",
+        "open_store",
+    ],
+    "cvmstore.crypto": ["GenerationCipher", "VolumeKeys", "derive_unlock_keys", "new_volume_key"],
+    "cvmstore.integrity": [
+        "Anchor",
+        "AnchorPolicy",
+        "AnchorState",
+        "CheckReport",
+        "FileAnchor",
+        "MemoryAnchor",
+        "NoAnchor",
+        "SecureStore",
+        "StoreInfo",
+        "StoreState",
+        "format_store",
+        "open_store",
+    ],
     "cvmstore.block": [
         "SECTOR_SIZE",
         "BlockDevice",
