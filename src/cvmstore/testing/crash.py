@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from cvmstore._types import BlockIndex
 from cvmstore.block.memory import MemoryDevice
 from cvmstore.block.protocol import SECTOR_SIZE, BlockDevice, blocks_in, check_range
+from cvmstore.testing._wrapper import PassThroughDevice
 
 __all__ = [
     "CrashDevice",
@@ -186,7 +187,7 @@ def _subsets(n: int, bound: int | None, seed: int) -> Iterator[frozenset[int]]:
             yield kept
 
 
-class CrashDevice:
+class CrashDevice(PassThroughDevice):
     """A `BlockDevice` wrapper that records every write, flush and mark for crash replay.
 
     The wrapped device is read once at construction (the initial image), and every write
@@ -194,23 +195,9 @@ class CrashDevice:
     """
 
     def __init__(self, inner: BlockDevice) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._initial = inner.read(BlockIndex(0), inner.block_count)
         self._trace: list[_Event] = []
-
-    @property
-    def block_size(self) -> int:
-        """Bytes per block of the wrapped device."""
-        return self._inner.block_size
-
-    @property
-    def block_count(self) -> int:
-        """Blocks of the wrapped device."""
-        return self._inner.block_count
-
-    def read(self, first: BlockIndex, count: int = 1) -> bytes:
-        """Read through to the wrapped device."""
-        return self._inner.read(first, count)
 
     def write(self, first: BlockIndex, data: bytes) -> None:
         """Write through, recording one pending unit per block."""
@@ -227,10 +214,6 @@ class CrashDevice:
         """Flush through, recording the barrier."""
         self._inner.flush()
         self._trace.append(_Flush())
-
-    def close(self) -> None:
-        """Close the wrapped device (the recording stays usable)."""
-        self._inner.close()
 
     def mark(self, label: object) -> None:
         """Record `label` at this position (e.g. "commit 3 acknowledged")."""

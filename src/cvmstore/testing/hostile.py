@@ -20,6 +20,7 @@ from pathlib import Path
 from cvmstore._types import BlockIndex
 from cvmstore.block.file import fsync_directory
 from cvmstore.block.protocol import BlockDevice, blocks_in, check_range
+from cvmstore.testing._wrapper import PassThroughDevice
 
 __all__ = [
     "HostileDevice",
@@ -80,7 +81,7 @@ def clone_file(source: str | os.PathLike[str], dest: str | os.PathLike[str]) -> 
     return target
 
 
-class HostileDevice:
+class HostileDevice(PassThroughDevice):
     """A `BlockDevice` wrapper that remembers every version of every block written to it.
 
     Attributes:
@@ -88,28 +89,9 @@ class HostileDevice:
     """
 
     def __init__(self, inner: BlockDevice) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._history: dict[int, list[bytes]] = {}
         self.drop_writes = False
-
-    @property
-    def block_size(self) -> int:
-        """Bytes per block of the wrapped device."""
-        return self._inner.block_size
-
-    @property
-    def block_count(self) -> int:
-        """Blocks of the wrapped device."""
-        return self._inner.block_count
-
-    @property
-    def inner(self) -> BlockDevice:
-        """The wrapped device, to operate on with the surgeon functions."""
-        return self._inner
-
-    def read(self, first: BlockIndex, count: int = 1) -> bytes:
-        """Read through."""
-        return self._inner.read(first, count)
 
     def write(self, first: BlockIndex, data: bytes) -> None:
         """Write through (unless dropping), remembering each block's new version."""
@@ -123,14 +105,6 @@ class HostileDevice:
             versions.append(bytes(data[i * bs : (i + 1) * bs]))
         if not self.drop_writes:
             self._inner.write(first, data)
-
-    def flush(self) -> None:
-        """Flush through."""
-        self._inner.flush()
-
-    def close(self) -> None:
-        """Close the wrapped device."""
-        self._inner.close()
 
     def versions(self, block: int) -> list[bytes]:
         """Every version `block` has held since wrapping, oldest first (current last)."""
