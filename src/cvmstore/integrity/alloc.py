@@ -50,6 +50,19 @@ class Allocator:
         return self._committed_used + len(self.pending_alloc) - len(self.pending_free)
 
     @property
+    def free_count(self) -> int:
+        """Blocks this commit can still take (frees count only once the commit lands)."""
+        return self._geo.data_blocks - self._committed_used - len(self.pending_alloc)
+
+    def full_error(self) -> DeviceFullError:
+        """The error for a request that needs more blocks than are free."""
+        return DeviceFullError(
+            f"no free block: {self.used} of {self._geo.data_blocks} data-area blocks are in "
+            f"use or held by this commit (commit more often: one commit can add at most "
+            f"{self._geo.spare} new blocks beyond the logical size)"
+        )
+
+    @property
     def changed(self) -> bool:
         """Whether this commit allocated or freed anything."""
         return bool(self.pending_alloc or self.pending_free)
@@ -112,11 +125,7 @@ class Allocator:
             step = limit - bit
             scanned += step
             position = (position + step) % total
-        raise DeviceFullError(
-            f"no free block: {self.used} of {self._geo.data_blocks} data-area blocks are in "
-            f"use or held by this commit (commit more often: one commit can add at most "
-            f"{self._geo.spare} new blocks beyond the logical size)"
-        )
+        raise self.full_error()
 
     def is_pending(self, physical: int) -> bool:
         """Whether the block was allocated by this commit (so it may be rewritten in place)."""

@@ -414,8 +414,14 @@ class SecureStore:
         return exc
 
     def _check_index(self, index: int) -> None:
-        if not 0 <= index < self._geo.logical:
-            raise ValueError(f"block {index} is outside the store (0..{self._geo.logical - 1})")
+        self._check_range(index, 1)
+
+    def _check_range(self, first: int, count: int) -> None:
+        if count < 1 or first < 0 or first + count > self._geo.logical:
+            raise ValueError(
+                f"blocks {first}..{first + count - 1} are outside the store "
+                f"(0..{self._geo.logical - 1})"
+            )
 
     def read(self, index: int) -> bytes:
         """Return logical block `index`, verified. Never-written blocks read as zeros.
@@ -423,33 +429,66 @@ class SecureStore:
         Raises:
             IntegrityError: the block or a tree node on its path fails authentication.
         """
+        return self.read_blocks(index, 1)
+
+    def read_blocks(self, first: int, count: int) -> bytes:
+        """Return `count` logical blocks from `first`, each verified.
+
+        Blocks that lie in consecutive physical blocks are read with one device call.
+
+        Raises:
+            IntegrityError: a block or a tree node on a path fails authentication.
+        """
         self._check_open()
-        self._check_index(index)
+        self._check_range(first, count)
         try:
-            entry = self._nodes.leaf(index)
-            return self._read_leaf(Kind.DATA, index, index, entry)
+            entries = [self._nodes.leaf(i) for i in range(first, first + count)]
+            out: list[bytes] = []
+            for start, run in _physical_runs(entries):
+                if entries[start].empty:
+                    out.append(bytes(run * self._geo.block_size))
+                    continue
+                data = self._device.read(BlockIndex(entries[start].physical), run)
+                bs = self._geo.block_size
+                for k in range(run):
+                    index = first + start + k
+                    out.append(
+                        self._open_leaf(
+                            Kind.DATA, index, entries[start + k], data[k * bs : (k + 1) * bs]
+                        )
+                    )
+            return b"".join(out)
         except IntegrityError as exc:
             raise self._failing(exc) from None
 
     def _read_leaf(self, kind: Kind, virtual: int, index: int, entry: Entry) -> bytes:
         if entry.empty:
             return bytes(self._geo.block_size)
+        return self._open_leaf(kind, index, entry, self._device.read(BlockIndex(entry.physical)))
+
+    def _open_leaf(self, kind: Kind, index: int, entry: Entry, data: bytes) -> bytes:
+        """Check where the entry points, then authenticate and decrypt the block."""
         if kind is Kind.DATA:
-            where = f"logical block {index} at block {entry.physical}"
-            if entry.physical not in self._data_range:
-                raise IntegrityError("entry points outside the data area", location=where)
+            placed = entry.physical in self._data_range
         else:
-            where = f"bitmap block {index} at block {entry.physical}"
-            if entry.physical not in self._geo.bitmap_slots(index):
-                raise IntegrityError("entry points outside the bitmap slots", location=where)
+            placed = entry.physical in self._geo.bitmap_slots(index)
+        if not placed:
+            raise IntegrityError(
+                f"entry points outside the {kind.name.lower()} area",
+                location=_where(kind, index, entry),
+            )
         if entry.generation > self._slot.generation + 1:
-            raise IntegrityError("entry is from a future generation", location=where)
-        data = self._device.read(BlockIndex(entry.physical))
+            raise IntegrityError(
+                "entry is from a future generation", location=_where(kind, index, entry)
+            )
         plain = self._keys.cipher(entry.generation).decrypt(
             entry.nonce, data, entry.tag, aad(self._id, kind, 0, index, entry.generation)
         )
         if plain is None:
-            raise IntegrityError(f"{kind.name.lower()} block fails authentication", location=where)
+            raise IntegrityError(
+                f"{kind.name.lower()} block fails authentication",
+                location=_where(kind, index, entry),
+            )
         return plain
 
     def _load_bitmap(self, index: int) -> bytes:
@@ -474,21 +513,48 @@ class SecureStore:
             DeviceFullError: this commit holds as many new blocks as the spare allows;
                 nothing was changed.
         """
+        self.write_blocks(index, data)
+
+    def write_blocks(self, first: int, data: bytes) -> None:
+        """Write whole logical blocks from `first` (atomic and durable at the next `commit`).
+
+        New copies are allocated in runs and written with one device call per run.
+
+        Raises:
+            DeviceFullError: the commit would need more new blocks than are free; nothing
+                was changed.
+        """
         self._check_open()
-        self._check_index(index)
-        if len(data) != self._geo.block_size:
-            raise ValueError(f"a block is {self._geo.block_size} bytes, got {len(data)}")
+        bs = self._geo.block_size
+        count, rest = divmod(len(data), bs)
+        if rest or not count:
+            raise ValueError(f"a write takes whole blocks of {bs} bytes, got {len(data)}")
+        self._check_range(first, count)
         try:
-            old = self._nodes.leaf(index)
-            if not old.empty and self._alloc.is_pending(old.physical):
-                physical = old.physical  # written earlier in this commit: reuse in place
-            else:
-                physical = self._alloc.allocate()
-                if not old.empty:
-                    self._alloc.free(old.physical)
-            sealed, entry = self._seal(Kind.DATA, 0, index, data, physical)
-            self._device.write(BlockIndex(physical), sealed)
-            self._nodes.set_leaf(index, entry)
+            olds = [self._nodes.leaf(i) for i in range(first, first + count)]
+            fresh = sum(1 for old in olds if old.empty or not self._alloc.is_pending(old.physical))
+            if fresh > self._alloc.free_count:
+                raise self._alloc.full_error()
+            entries: list[Entry] = []
+            sealed: list[bytes] = []
+            for k, old in enumerate(olds):
+                if not old.empty and self._alloc.is_pending(old.physical):
+                    physical = old.physical  # written earlier in this commit: reuse in place
+                else:
+                    physical = self._alloc.allocate()
+                    if not old.empty:
+                        self._alloc.free(old.physical)
+                block, entry = self._seal(
+                    Kind.DATA, 0, first + k, data[k * bs : (k + 1) * bs], physical
+                )
+                sealed.append(block)
+                entries.append(entry)
+            for start, run in _physical_runs(entries):
+                self._device.write(
+                    BlockIndex(entries[start].physical), b"".join(sealed[start : start + run])
+                )
+            for k, entry in enumerate(entries):
+                self._nodes.set_leaf(first + k, entry)
         except IntegrityError as exc:
             raise self._failing(exc) from None
 
@@ -716,6 +782,28 @@ class SecureStore:
                     f"references {len(referenced)}"
                 )
         return report
+
+
+def _where(kind: Kind, index: int, entry: Entry) -> str:
+    """The location named in an integrity error (built only when one is raised)."""
+    what = "logical block" if kind is Kind.DATA else "bitmap block"
+    return f"{what} {index} at block {entry.physical}"
+
+
+def _physical_runs(entries: list[Entry]) -> list[tuple[int, int]]:
+    """Split entries into (start, length) runs of consecutive physical blocks (or of empties)."""
+    runs: list[tuple[int, int]] = []
+    start = 0
+    for k in range(1, len(entries) + 1):
+        if k < len(entries):
+            prev, cur = entries[k - 1], entries[k]
+            if (prev.empty and cur.empty) or (
+                not prev.empty and not cur.empty and cur.physical == prev.physical + 1
+            ):
+                continue
+        runs.append((start, k - start))
+        start = k
+    return runs
 
 
 def _other(current: int, slots: tuple[int, int]) -> int:

@@ -324,3 +324,49 @@ def test_cache_is_bounded() -> None:
     for i in range(0, store.block_count, 97):
         store.read(i)
     assert len(store._nodes._clean) <= 4
+
+
+def test_bulk_reads_and_writes_match_single_block_ones() -> None:
+    dev, anchor = MemoryDevice(256), MemoryAnchor()
+    store = format_store(dev, KEY, anchor)
+    payload = b"".join(blk(i) for i in range(40))
+    store.write_blocks(10, payload)
+    store.write(20, blk(200))  # rewritten in place within the commit
+    store.discard(30)
+    expected = [blk(i) for i in range(40)]
+    expected[10] = blk(200)
+    expected[20] = bytes(4096)
+    assert store.read_blocks(10, 40) == b"".join(expected)
+    store.commit()
+    reopened = open_store(dev, KEY, anchor)
+    assert reopened.read_blocks(0, 60) == bytes(40960) + b"".join(expected) + bytes(40960)
+    assert [reopened.read(i) for i in range(10, 50)] == expected
+    with pytest.raises(ValueError, match="outside"):
+        reopened.read_blocks(reopened.block_count - 1, 2)
+    with pytest.raises(ValueError, match="whole blocks"):
+        reopened.write_blocks(0, b"x")
+
+
+def test_bulk_write_that_does_not_fit_changes_nothing() -> None:
+    dev, anchor = MemoryDevice(16), MemoryAnchor()
+    store = format_store(dev, KEY, anchor)
+    for i in range(store.block_count):
+        store.write(i, blk(i))
+    store.commit()
+    too_many = store.geometry.spare + 1
+    with pytest.raises(DeviceFullError):
+        store.write_blocks(0, b"".join(blk(50 + i) for i in range(too_many)))
+    assert not store.dirty
+    assert [store.read(i) for i in range(too_many)] == [blk(i) for i in range(too_many)]
+
+
+def test_runs_are_split_at_gaps_and_empties() -> None:
+    from cvmstore.integrity.entry import EMPTY, Entry
+    from cvmstore.integrity.store import _physical_runs
+
+    def at(p: int) -> Entry:
+        return Entry(p, 1, bytes(12), bytes(16))
+
+    entries = [at(5), at(6), at(7), EMPTY, EMPTY, at(9), at(11), at(12)]
+    assert _physical_runs(entries) == [(0, 3), (3, 2), (5, 1), (6, 2)]
+    assert _physical_runs([]) == []
