@@ -88,6 +88,8 @@ class StoreMachine(RuleBasedStateMachine):
         assert self.store.generation == self.generation
         for index in range(LOGICAL):
             assert self.store.read(index) == self.committed.get(index, ZEROS), index
+        whole = b"".join(self.committed.get(index, ZEROS) for index in range(LOGICAL))
+        assert self.store.read_blocks(0, LOGICAL) == whole  # the bulk path agrees
         report = self.store.check()
         assert report.ok, report.problems
         assert report.data_blocks == len(self.committed)
@@ -112,6 +114,12 @@ class StoreMachine(RuleBasedStateMachine):
     @rule(index=indexes)
     def read(self, index: int) -> None:
         assert self.store.read(index) == self.current.get(index, ZEROS)
+
+    @rule(first=indexes, data=st.data())
+    def read_run(self, first: int, data: st.DataObject) -> None:
+        count = data.draw(st.integers(1, LOGICAL - first))
+        expected = b"".join(self.current.get(i, ZEROS) for i in range(first, first + count))
+        assert self.store.read_blocks(first, count) == expected
 
     @rule()
     def commit(self) -> None:
