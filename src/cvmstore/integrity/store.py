@@ -228,9 +228,13 @@ class SecureStore:
 
         Raises:
             DeviceError: the device is too small, or cannot be written.
+            AnchorError: the anchor is unusable (for example a `FileAnchor` file that belongs
+                to another volume); nothing is written then.
         """
         geo = plan(device.block_count, device.block_size)
         volume_id, salt, volume_key = rng(16), rng(32), rng(32)
+        if anchor.read(volume_id) is not None:  # also fails early on an unusable anchor
+            raise AnchorError(f"the anchor already holds volume {volume_id.hex()}")
         unlock = derive_unlock_keys(root_secret, salt, volume_id)
         keys = VolumeKeys(volume_key, salt, volume_id, rng)
         slot = SuperblockSlot(

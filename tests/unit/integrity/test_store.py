@@ -370,3 +370,14 @@ def test_runs_are_split_at_gaps_and_empties() -> None:
     entries = [at(5), at(6), at(7), EMPTY, EMPTY, at(9), at(11), at(12)]
     assert _physical_runs(entries) == [(0, 3), (3, 2), (5, 1), (6, 2)]
     assert _physical_runs([]) == []
+
+
+def test_format_against_another_volumes_anchor_writes_nothing(tmp_path: Path) -> None:
+    from cvmstore.errors import AnchorError
+
+    anchor = FileAnchor(tmp_path / "anchor.json")
+    format_store(MemoryDevice(32), KEY, anchor).close()
+    second = MemoryDevice(32)
+    with pytest.raises(AnchorError, match="belongs to volume"):
+        format_store(second, KEY, anchor)
+    assert second.image() == bytes(32 * 4096)
