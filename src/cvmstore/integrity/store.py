@@ -41,6 +41,7 @@ from cvmstore.errors import (
     AnchorError,
     CvmstoreError,
     DeviceError,
+    DeviceFullError,
     ForkError,
     FormatError,
     IntegrityError,
@@ -413,7 +414,9 @@ class SecureStore:
         if self.state is not StoreState.OPEN:
             raise StateError(f"the store is {self.state.value}")
 
-    def _failing(self, exc: IntegrityError) -> IntegrityError:
+    def _failing(self, exc: CvmstoreError) -> CvmstoreError:
+        # After an integrity failure, or an I/O or anchor failure in the middle of a change,
+        # the in-memory state can no longer be trusted to match the image: reopen instead.
         self.state = StoreState.FAILED
         return exc
 
@@ -559,7 +562,9 @@ class SecureStore:
                 )
             for k, entry in enumerate(entries):
                 self._nodes.set_leaf(first + k, entry)
-        except IntegrityError as exc:
+        except DeviceFullError:
+            raise  # refused before anything changed
+        except (IntegrityError, DeviceError) as exc:
             raise self._failing(exc) from None
 
     def discard(self, index: int) -> None:
@@ -598,7 +603,7 @@ class SecureStore:
             return self._slot.generation
         try:
             return self._commit()
-        except IntegrityError as exc:
+        except CvmstoreError as exc:
             raise self._failing(exc) from None
 
     def _commit(self, rewrap: tuple[bytes, bytes] | None = None) -> int:
@@ -692,8 +697,11 @@ class SecureStore:
             self.commit()
         unlock = derive_unlock_keys(new_root_secret, self._slot.salt, self._id)
         rewrap = (unlock.kcv, unlock.wrap(self._keys.volume_key))
-        for _ in range(SUPERBLOCKS):
-            self._commit(rewrap)
+        try:
+            for _ in range(SUPERBLOCKS):
+                self._commit(rewrap)
+        except CvmstoreError as exc:
+            raise self._failing(exc) from None
 
     def close(self) -> None:
         """Anchor any batched commits, then release the store (does not commit)."""

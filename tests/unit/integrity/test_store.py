@@ -381,3 +381,30 @@ def test_format_against_another_volumes_anchor_writes_nothing(tmp_path: Path) ->
     with pytest.raises(AnchorError, match="belongs to volume"):
         format_store(second, KEY, anchor)
     assert second.image() == bytes(32 * 4096)
+
+
+def test_io_failure_during_commit_fails_the_store_and_loses_nothing_committed() -> None:
+    from cvmstore.errors import DeviceError
+    from cvmstore.testing._wrapper import PassThroughDevice
+
+    class FlakyFlush(PassThroughDevice):
+        fail = False
+
+        def flush(self) -> None:
+            if self.fail:
+                raise DeviceError("flush failed (injected)")
+            super().flush()
+
+    dev, anchor = populated()
+    flaky = FlakyFlush(dev)
+    store = open_store(flaky, KEY, anchor)
+    store.write(0, blk(77))
+    flaky.fail = True
+    with pytest.raises(DeviceError, match="injected"):
+        store.commit()
+    assert store.state is StoreState.FAILED
+    with pytest.raises(StateError):
+        store.commit()  # a retry could overwrite committed nodes: refused
+    reopened = open_store(dev, KEY, anchor)
+    assert reopened.read(0) == blk(1)
+    assert reopened.check().ok
