@@ -68,7 +68,11 @@ _ZERO_DIGEST = bytes(32)
 
 
 class StoreState(enum.Enum):
-    """Lifecycle: once an integrity failure has been seen the store stays FAILED."""
+    """Lifecycle of a store object; FAILED is final (reopen to resume from the last commit).
+
+    A store fails after an integrity failure, or an I/O or anchor failure in the middle of a
+    write or commit.
+    """
 
     OPEN = "open"
     CLOSED = "closed"
