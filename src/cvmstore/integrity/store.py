@@ -137,15 +137,20 @@ class CheckReport:
 
 def _select_slot(
     device: BlockDevice, root_secret: bytes, rng: Rng
-) -> tuple[SuperblockSlot, int, VolumeKeys]:
-    """Decode both slots, check key and MAC, return the newest valid (slot, index, keys)."""
+) -> tuple[SuperblockSlot, int, VolumeKeys, bool]:
+    """Decode both slots, check key and MAC; return the newest valid one.
+
+    Returns (slot, its index, keys, whether the other slot is a valid older commit or the
+    same one). A read error is raised, never skipped: picking the older slot because the
+    newer one could not be read would let the next commit overwrite what the newer one uses.
+    """
     decoded: list[tuple[int, SuperblockSlot]] = []
     errors: list[CvmstoreError] = []
     for index in range(SUPERBLOCKS):
+        raw = device.read(BlockIndex(index))
         try:
-            raw = device.read(BlockIndex(index))
             decoded.append((index, SuperblockSlot.decode(raw[:SLOT_SIZE])))
-        except (FormatError, DeviceError) as exc:
+        except FormatError as exc:
             errors.append(exc)
     if not decoded:
         for kind in (UnsupportedVersionError, NotAnImageError):
@@ -175,7 +180,12 @@ def _select_slot(
         raise IntegrityError(
             "no superblock slot passes authentication", location="superblock slots A and B"
         )
-    return max(valid, key=lambda found: found[0].generation)
+    slot, index, keys = max(valid, key=lambda found: found[0].generation)
+    other_ok = any(
+        i != index and (s.generation < slot.generation or s.encode() == slot.encode())
+        for s, i, _ in valid
+    )
+    return slot, index, keys, other_ok
 
 
 class SecureStore:
@@ -209,6 +219,7 @@ class SecureStore:
         self._alloc = Allocator(self._geo, self._load_bitmap, slot.cursor, slot.used_blocks)
         self._anchored: AnchorState | None = None
         self._anchored_at = clock()
+        self._stale_other_slot = False
         self.state = StoreState.OPEN
         self.nonces_used: list[tuple[int, bytes]] | None = None  # set to a list to record
 
@@ -294,7 +305,7 @@ class SecureStore:
             RollbackError: the image is older than the anchor.
             ForkError: the image diverged from the anchored history (a clone advanced).
         """
-        slot, index, keys = _select_slot(device, root_secret, rng)
+        slot, index, keys, other_ok = _select_slot(device, root_secret, rng)
         geo = plan(slot.physical_blocks, slot.block_size)
         if (geo.logical, geo.data_blocks) != (slot.logical_blocks, slot.data_blocks):
             raise FormatError("the recorded geometry does not match its plan", offset=80)
@@ -307,6 +318,7 @@ class SecureStore:
             )
         store = cls(device, slot, index, keys, anchor, policy or AnchorPolicy(), cache_bytes, clock)
         store._reconcile()
+        store._stale_other_slot = not other_ok
         return store
 
     def _reconcile(self) -> None:
@@ -424,6 +436,20 @@ class SecureStore:
         self.state = StoreState.FAILED
         return exc
 
+    def _before_change(self) -> None:
+        """Before the first write: make the other superblock slot a copy of ours if needed.
+
+        When the other slot is torn, damaged, or claims to be newer without being the one we
+        trust, a later open could pick it up after our next commit has reused the copies it
+        points at. Overwriting it first prevents that; read-only use never writes.
+        """
+        self._check_open()
+        if self._stale_other_slot:
+            block = self._slot.encode().ljust(self._geo.block_size, b"\0")
+            self._device.write(BlockIndex(1 - self._slot_index), block)
+            self._device.flush()
+            self._stale_other_slot = False
+
     def _check_index(self, index: int) -> None:
         self._check_range(index, 1)
 
@@ -535,7 +561,7 @@ class SecureStore:
             DeviceFullError: the commit would need more new blocks than are free; nothing
                 was changed.
         """
-        self._check_open()
+        self._before_change()
         bs = self._geo.block_size
         count, rest = divmod(len(data), bs)
         if rest or not count:
@@ -573,7 +599,7 @@ class SecureStore:
 
     def discard(self, index: int) -> None:
         """Forget logical block `index`: it reads as zeros and its space is freed."""
-        self._check_open()
+        self._before_change()
         self._check_index(index)
         try:
             old = self._nodes.leaf(index)
@@ -696,7 +722,7 @@ class SecureStore:
         leaves a store that opens with the new secret, or with the old one at the previous
         generation (which the anchor then reports as a rollback, as it is one).
         """
-        self._check_open()
+        self._before_change()
         if self.dirty:
             self.commit()
         unlock = derive_unlock_keys(new_root_secret, self._slot.salt, self._id)
@@ -706,6 +732,7 @@ class SecureStore:
                 self._commit(rewrap)
         except CvmstoreError as exc:
             raise self._failing(exc) from None
+        self.anchor_now()  # also in batched mode: the old secret must not open a newer state
 
     def close(self) -> None:
         """Anchor any batched commits, then release the store (does not commit)."""

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from cvmstore._types import BlockIndex
 from cvmstore.block import FileDevice, MemoryDevice
 from cvmstore.errors import (
     DeviceFullError,
@@ -408,3 +409,48 @@ def test_io_failure_during_commit_fails_the_store_and_loses_nothing_committed() 
     reopened = open_store(dev, KEY, anchor)
     assert reopened.read(0) == blk(1)
     assert reopened.check().ok
+
+
+def test_a_superblock_read_error_at_open_is_raised_not_skipped() -> None:
+    """Falling back to the older slot would let the next commit reuse the newer one's copies."""
+    from cvmstore.errors import DeviceError
+    from cvmstore.testing._wrapper import PassThroughDevice
+
+    class OneBadRead(PassThroughDevice):
+        bad = -1
+
+        def read(self, first, count=1):
+            if first == self.bad:
+                raise DeviceError("read failed (injected)")
+            return super().read(first, count)
+
+    dev, anchor = populated()
+    for bad in (0, 1):
+        flaky = OneBadRead(dev)
+        flaky.bad = bad
+        with pytest.raises(DeviceError, match="injected"):
+            open_store(flaky, KEY, anchor)
+
+
+def test_a_damaged_other_slot_is_replaced_before_the_first_change() -> None:
+    dev, anchor = populated()
+    store = open_store(dev, KEY, anchor)
+    newest, other = store._slot_index, 1 - store._slot_index
+    store.close()
+    flip_bit(dev, other, 8 * 300)  # the older slot no longer authenticates
+    damaged = dev.read(BlockIndex(other))
+    reopened = open_store(dev, KEY, anchor)
+    assert dev.read(BlockIndex(other)) == damaged  # opening and reading change nothing
+    reopened.write(5, blk(55))
+    assert dev.read(BlockIndex(other)) == dev.read(BlockIndex(newest))  # repaired first
+    reopened.commit()
+    assert open_store(dev, KEY, anchor).read(5) == blk(55)
+
+
+def test_rekey_in_batched_mode_anchors_at_once() -> None:
+    dev, anchor = MemoryDevice(64), MemoryAnchor()
+    store = format_store(dev, KEY, anchor, policy=AnchorPolicy(every_commits=100))
+    store.write(0, blk(1))
+    store.commit()
+    store.rekey(OTHER)
+    assert anchor.read(store.volume_id).generation == store.generation  # type: ignore[union-attr]
