@@ -85,11 +85,6 @@ class Allocator:
             buf[bit // 8] &= ~mask & 0xFF
         self.dirty.add(index)
 
-    def is_set(self, physical: int) -> bool:
-        """Whether a data-area block is marked in use in the working bitmap."""
-        index, bit = divmod(physical - self._data_start, self._bits)
-        return bool(self.bitmap(index)[bit // 8] & (1 << (bit % 8)))
-
     def allocate(self) -> int:
         """Take a free data-area block for this commit and return its physical number.
 

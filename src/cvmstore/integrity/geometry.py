@@ -110,10 +110,6 @@ class Geometry:
         base = self.bitmap_start + 2 * index
         return base, base + 1
 
-    def in_data_area(self, block: int) -> bool:
-        """Whether `block` is a data-area block."""
-        return self.data_start <= block < self.data_start + self.data_blocks
-
 
 def _levels(virtual: int, fanout: int) -> tuple[int, ...]:
     counts = [-(-virtual // fanout)]

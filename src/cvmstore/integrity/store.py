@@ -36,7 +36,7 @@ from typing import Self
 
 from cvmstore._types import BlockIndex
 from cvmstore.block.protocol import BlockDevice
-from cvmstore.crypto.keys import UnlockKeys, VolumeKeys, derive_unlock_keys
+from cvmstore.crypto.keys import UnlockKeys, VolumeKeys, derive_unlock_keys, new_volume_key
 from cvmstore.errors import (
     AnchorError,
     CvmstoreError,
@@ -54,7 +54,7 @@ from cvmstore.errors import (
 from cvmstore.integrity.alloc import Allocator
 from cvmstore.integrity.anchor import Anchor, AnchorState
 from cvmstore.integrity.entry import EMPTY, Entry
-from cvmstore.integrity.geometry import SUPERBLOCKS, Geometry, plan
+from cvmstore.integrity.geometry import ENTRY_SIZE, SUPERBLOCKS, Geometry, plan
 from cvmstore.integrity.superblock import SLOT_SIZE, Algorithms, SuperblockSlot
 from cvmstore.integrity.tree import Kind, NodeCache, aad
 
@@ -248,7 +248,7 @@ class SecureStore:
                 to another volume); nothing is written then.
         """
         geo = plan(device.block_count, device.block_size)
-        volume_id, salt, volume_key = rng(16), rng(32), rng(32)
+        volume_id, salt, volume_key = rng(16), rng(32), new_volume_key(rng)
         if anchor.read(volume_id) is not None:  # also fails early on an unusable anchor
             raise AnchorError(f"the anchor already holds volume {volume_id.hex()}")
         unlock = derive_unlock_keys(root_secret, salt, volume_id)
@@ -392,11 +392,6 @@ class SecureStore:
         """The volume's random 16-byte id."""
         return self._id
 
-    @property
-    def node_reads(self) -> int:
-        """Tree nodes read and verified since open."""
-        return self._nodes.reads
-
     def rollback_window(self) -> tuple[int, float]:
         """(commits, seconds) not yet anchored: how far back the host could roll us."""
         if not self._anchor.enforcing:
@@ -449,9 +444,6 @@ class SecureStore:
             self._device.write(BlockIndex(1 - self._slot_index), block)
             self._device.flush()
             self._stale_other_slot = False
-
-    def _check_index(self, index: int) -> None:
-        self._check_range(index, 1)
 
     def _check_range(self, first: int, count: int) -> None:
         if count < 1 or first < 0 or first + count > self._geo.logical:
@@ -600,7 +592,7 @@ class SecureStore:
     def discard(self, index: int) -> None:
         """Forget logical block `index`: it reads as zeros and its space is freed."""
         self._before_change()
-        self._check_index(index)
+        self._check_range(index, 1)
         try:
             old = self._nodes.leaf(index)
             if old.empty:
@@ -656,9 +648,7 @@ class SecureStore:
                 if level == geo.depth - 1:
                     root = entry
                 else:
-                    parent = self._nodes.dirty_node(level + 1, index // geo.fanout)
-                    offset = (index % geo.fanout) * 48
-                    parent[offset : offset + 48] = entry.encode()
+                    self._nodes.set_child(level + 1, index, entry)
         self._device.flush()
         anchored = self._anchored or AnchorState(0, _ZERO_DIGEST)
         slot = replace(
@@ -779,7 +769,7 @@ class SecureStore:
                 virtual = index * geo.fanout + slot
                 if virtual >= geo.virtual:
                     break
-                leaf = Entry.decode(buf, slot * 48)
+                leaf = Entry.decode(buf, slot * ENTRY_SIZE)
                 if leaf.empty:
                     continue
                 if virtual >= geo.logical:

@@ -79,7 +79,6 @@ class NodeCache:
         self._max = max(max_nodes, geometry.depth + 1)
         self._clean: OrderedDict[NodeKey, bytearray] = OrderedDict()
         self._dirty: dict[NodeKey, bytearray] = {}
-        self.reads = 0  # node blocks read and verified (for tests and the bench)
 
     @property
     def top(self) -> int:
@@ -123,7 +122,6 @@ class NodeCache:
         )
         if plain is None:
             raise IntegrityError("tree node fails authentication", location=where)
-        self.reads += 1
         return bytearray(plain)
 
     def leaf(self, virtual: int) -> Entry:
@@ -132,10 +130,17 @@ class NodeCache:
         return Entry.decode(self.node(0, virtual // fanout), (virtual % fanout) * ENTRY_SIZE)
 
     def set_leaf(self, virtual: int, entry: Entry) -> None:
-        """Replace a leaf entry (its node becomes dirty)."""
+        """Replace a leaf entry (its level-0 node becomes dirty)."""
+        self.set_child(0, virtual, entry)
+
+    def set_child(self, level: int, child: int, entry: Entry) -> None:
+        """Replace the entry of child `child` held by a node of `level` (which becomes dirty).
+
+        At level 0 the children are the leaves; above, the nodes of the level below.
+        """
         fanout = self._geo.fanout
-        offset = (virtual % fanout) * ENTRY_SIZE
-        self.dirty_node(0, virtual // fanout)[offset : offset + ENTRY_SIZE] = entry.encode()
+        offset = (child % fanout) * ENTRY_SIZE
+        self.dirty_node(level, child // fanout)[offset : offset + ENTRY_SIZE] = entry.encode()
 
     def dirty_node(self, level: int, index: int) -> bytearray:
         """The node's buffer, pinned as dirty until `take_dirty` hands it to the commit."""
