@@ -490,7 +490,7 @@ class SecureStore:
         except IntegrityError as exc:
             raise self._failing(exc) from None
 
-    def _read_leaf(self, kind: Kind, virtual: int, index: int, entry: Entry) -> bytes:
+    def _read_leaf(self, kind: Kind, index: int, entry: Entry) -> bytes:
         if entry.empty:
             return bytes(self._geo.block_size)
         return self._open_leaf(kind, index, entry, self._device.read(BlockIndex(entry.physical)))
@@ -522,7 +522,7 @@ class SecureStore:
 
     def _load_bitmap(self, index: int) -> bytes:
         virtual = self._geo.logical + index
-        return self._read_leaf(Kind.BITMAP, virtual, index, self._nodes.leaf(virtual))
+        return self._read_leaf(Kind.BITMAP, index, self._nodes.leaf(virtual))
 
     def _seal(
         self, kind: Kind, level: int, index: int, data: bytes, physical: int
@@ -776,7 +776,7 @@ class SecureStore:
                     bitmap_leaves[virtual - geo.logical] = leaf
                     continue
                 try:
-                    self._read_leaf(Kind.DATA, virtual, virtual, leaf)
+                    self._read_leaf(Kind.DATA, virtual, leaf)
                     report.data_blocks += 1
                 except IntegrityError as exc:
                     report.problems.append(str(exc))
@@ -789,9 +789,7 @@ class SecureStore:
         marked: set[int] = set()
         for index in range(geo.bitmap_blocks):
             try:
-                bits = self._read_leaf(
-                    Kind.BITMAP, geo.logical + index, index, bitmap_leaves.get(index, EMPTY)
-                )
+                bits = self._read_leaf(Kind.BITMAP, index, bitmap_leaves.get(index, EMPTY))
             except IntegrityError as exc:
                 report.problems.append(str(exc))
                 continue
