@@ -15,7 +15,8 @@ CvmstoreError                       root: `except CvmstoreError` catches every l
 ├── AnchorError                     the trusted anchor itself is unreadable or inconsistent
 ├── FsError                         filesystem-level failures
 │   ├── PathNotFoundError, PathExistsError, NotADirectoryPathError,
-│   ├── IsADirectoryPathError, DirectoryNotEmptyError, NameTooLongError
+│   ├── IsADirectoryPathError, DirectoryNotEmptyError, NameTooLongError,
+│   └── InvalidPathError, FsCorruptError
 ├── AttestationError                evidence rejected: `check` names the failed check
 │   ├── ReportSignatureError, CertificateChainError, PolicyError
 └── KbsError                        key broker failures
@@ -42,8 +43,10 @@ __all__ = [
     "DirectoryNotEmptyError",
     "ForkError",
     "FormatError",
+    "FsCorruptError",
     "FsError",
     "IntegrityError",
+    "InvalidPathError",
     "IsADirectoryPathError",
     "KbsAuthError",
     "KbsError",
@@ -193,6 +196,18 @@ class NameTooLongError(FsError):
     """A name exceeds 255 bytes or a path 4096 bytes (UTF-8)."""
 
     exit_code = 26
+
+
+class InvalidPathError(FsError):
+    """A name that cannot be stored (empty, `.`, `..`, NUL, not UTF-8) or a forbidden move."""
+
+    exit_code = 27
+
+
+class FsCorruptError(FsError):
+    """The filesystem metadata is inconsistent, or the store holds no filesystem."""
+
+    exit_code = 28
 
 
 class AttestationError(CvmstoreError):

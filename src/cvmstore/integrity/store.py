@@ -392,6 +392,15 @@ class SecureStore:
         """The volume's random 16-byte id."""
         return self._id
 
+    @property
+    def free_blocks(self) -> int:
+        """Data-area blocks this commit can still take for new copies.
+
+        A rewrite of a committed block needs a free block too: the old copy is freed only
+        when the commit lands.
+        """
+        return self._alloc.free_count
+
     def rollback_window(self) -> tuple[int, float]:
         """(commits, seconds) not yet anchored: how far back the host could roll us."""
         if not self._anchor.enforcing:
