@@ -12,14 +12,18 @@ import sys
 from collections.abc import Sequence
 
 from cvmstore import __version__
-from cvmstore.cli import bench, demo
+from cvmstore.cli import archive, bench, demo, image
+from cvmstore.cli.usage import UsageError
 from cvmstore.errors import CvmstoreError, all_error_classes
 
 __all__ = ["build_parser", "entry_point", "main"]
 
 
 def _exit_code_table() -> str:
-    rows = [f"  {cls.exit_code:>3}  {cls.__name__}" for cls in all_error_classes()]
+    rows = [
+        f"  {cls.exit_code:>3}  {cls.__name__}"
+        for cls in sorted(all_error_classes(), key=lambda c: c.exit_code)
+    ]
     return "exit status:\n    0  success\n    2  usage error\n" + "\n".join(rows)
 
 
@@ -36,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"cvmstore {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (demo, bench):
+    for module in (image, archive, demo, bench):
         module.register(commands)
     return parser
 
@@ -47,6 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         code: int = args.handler(args)
+    except UsageError as exc:
+        parser.exit(2, f"cvmstore {args.command}: error: {exc}\n")
     except CvmstoreError as exc:
         print(f"cvmstore: error: {exc}", file=sys.stderr)
         return exc.exit_code

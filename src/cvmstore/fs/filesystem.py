@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Self, TypeVar
+from typing import IO, Self, TypeVar
 
 from cvmstore.errors import (
     DeviceError,
@@ -299,12 +299,12 @@ class Filesystem:
         self._sb.used_blocks -= len(blocks)
         self._sb_dirty = True
 
-    def _need_room(self, new_blocks: int, rewritten: int) -> None:
+    def _need_room(self, new_blocks: int, written: int) -> None:
         """Refuse, before any change, an operation that cannot fit.
 
-        `new_blocks` are logical blocks it will allocate; `rewritten` are blocks it writes
-        that the store must copy (every written block needs a free store block until the
-        commit frees the old copy).
+        `new_blocks` are logical blocks it will allocate; `written` are the blocks it will
+        write, new or not: each needs a free store block until the commit frees the old
+        copy.
         """
         free = self._sb.total_blocks - self._sb.used_blocks
         if new_blocks > free:
@@ -312,7 +312,7 @@ class Filesystem:
                 f"not enough space: {new_blocks} blocks needed, {free} free "
                 f"({free * self._sb.block_size} bytes)"
             )
-        copies = new_blocks + rewritten + self._meta.dirty_count + _META_SLACK
+        copies = written + self._meta.dirty_count + _META_SLACK
         if copies > self.store.free_blocks:
             raise DeviceFullError(
                 f"not enough space for this commit: it needs about {copies} new store "
@@ -612,6 +612,61 @@ class Filesystem:
 
         self._run(action)
 
+    def write_from(
+        self,
+        path: str,
+        source: IO[bytes],
+        size: int,
+        *,
+        parents: bool = False,
+        progress: Callable[[int], None] | None = None,
+    ) -> None:
+        """Create or replace a file with exactly `size` bytes read from `source`, atomically.
+
+        The space is checked before anything is written, so a file that does not fit
+        changes nothing, not even free blocks of the image. `progress` gets the bytes
+        written so far.
+
+        Raises:
+            DeviceFullError: the file does not fit.
+            FsError: `source` ended before `size` bytes.
+        """
+        chunk = _CHUNK_BLOCKS * self._sb.block_size
+
+        def action() -> None:
+            parent, name, found, names = self._parent_of_creating(path, parents)
+            ino = self._open_for_write(parent, name, found, names, exclusive=False)
+            inode = self._inode(ino)
+            self._check_write_room(inode, 0, size)
+            done = 0
+            while done < size:
+                data = source.read(min(chunk, size - done))
+                if not data:
+                    raise FsError(f"the source ended after {done} of {size} bytes")
+                self._write(ino, inode, done, data)
+                done += len(data)
+                if progress is not None:
+                    progress(done)
+            self._truncate(ino, inode, size)
+
+        self._run(action)
+
+    def read_to(
+        self, path: str, sink: IO[bytes], *, progress: Callable[[int], None] | None = None
+    ) -> int:
+        """Copy a whole file to `sink` in large chunks; return its size."""
+        self._check_open()
+        _, inode = self._file(path)
+        chunk = _CHUNK_BLOCKS * self._sb.block_size
+        done = 0
+        while done < inode.size:
+            data = self._read(inode, done, chunk)
+            sink.write(data)
+            done += len(data)
+            if progress is not None:
+                progress(done)
+        return done
+
     def write(self, path: str, offset: int, data: bytes) -> int:
         """Write `data` at `offset` of an existing file (past the end leaves a hole)."""
 
@@ -634,7 +689,7 @@ class Filesystem:
                 if not exist_ok:
                     raise PathExistsError(f"{join(names)} already exists")
                 return
-            self._need_room(2, 0)
+            self._need_room(2, 2)
             self._link(parent, name, self._new_inode(Kind.FILE, parent), Kind.FILE)
 
         self._run(action)
@@ -669,7 +724,7 @@ class Filesystem:
         exclusive: bool,
     ) -> int:
         if found is None:
-            self._need_room(2, 0)
+            self._need_room(2, 2)
             ino = self._new_inode(Kind.FILE, parent)
             self._link(parent, name, ino, Kind.FILE)
             return ino
@@ -689,8 +744,8 @@ class Filesystem:
         allocated = min(inode.size, (last + 1) * bs)
         mapped_upper = max(0, -(-allocated // bs) - first)  # blocks that may already exist
         count = last + 1 - first
-        new = count - min(count, mapped_upper) + self._map.indirect_needed(first, count)
-        self._need_room(new, count)
+        indirect = self._map.indirect_needed(first, count)
+        self._need_room(count - min(count, mapped_upper) + indirect, count + indirect)
 
     def _write(self, ino: int, inode: Inode, offset: int, data: bytes | memoryview) -> None:
         if not data:
@@ -775,7 +830,7 @@ class Filesystem:
                 if found[1] is Kind.DIR and (exist_ok or parents):
                     return
                 raise PathExistsError(f"{join(names)} already exists")
-            self._need_room(2, 0)
+            self._need_room(2, 2)
             self._link(parent, name, self._new_inode(Kind.DIR, parent), Kind.DIR)
 
         self._run(action)
@@ -785,7 +840,7 @@ class Filesystem:
         for depth, name in enumerate(names):
             found = self._dir(ino).lookup(name)
             if found is None:
-                self._need_room(2, 0)
+                self._need_room(2, 2)
                 child = self._new_inode(Kind.DIR, ino)
                 self._link(ino, name, child, Kind.DIR)
                 ino = child
@@ -867,7 +922,7 @@ class Filesystem:
                     raise NotADirectoryPathError(f"{join(t_names)} is not a directory")
                 if t_kind is Kind.DIR and len(self._dir(t_ino)):
                     raise DirectoryNotEmptyError(f"{join(t_names)} is not empty")
-            self._need_room(1, 4)
+            self._need_room(1, 6)
             if t_found is not None:
                 self._unlink_name(t_parent, t_name)
                 self._drop_inode(t_found[0], self._inode(t_found[0]))
@@ -942,9 +997,12 @@ class Filesystem:
 
     # ---------------------------------------------------------------- check
 
-    def fsck(self) -> FsckReport:
-        """Verify the store (every reachable block) and every piece of filesystem metadata."""
+    def fsck(self, progress: Callable[[int, int], None] | None = None) -> FsckReport:
+        """Verify the store (every reachable block) and every piece of filesystem metadata.
+
+        `progress`, if given, gets (done, total) as the store's blocks are verified.
+        """
         self._check_open()
         if self._in_txn:
             raise StateError("fsck() inside a transaction")
-        return check_filesystem(self)
+        return check_filesystem(self, progress)

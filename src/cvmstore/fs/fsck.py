@@ -10,6 +10,7 @@ It reports every problem with where it is, instead of stopping at the first.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -259,10 +260,15 @@ def _scan_limit(fs: Filesystem, inode: Inode) -> int:
     return max(0, -(-inode.size // bs) - DIRECT) + fs._map.per_block
 
 
-def check_filesystem(fs: Filesystem) -> FsckReport:
-    """Run the store check, then the filesystem check (see the module docstring)."""
+def check_filesystem(
+    fs: Filesystem, progress: Callable[[int, int], None] | None = None
+) -> FsckReport:
+    """Run the store check, then the filesystem check (see the module docstring).
+
+    `progress` gets (done, total) in leaf nodes of the store's tree.
+    """
     report = FsckReport()
-    store_report = fs.store.check()
+    store_report = fs.store.check(progress)
     report.store = store_report
     report.problems += [f"store: {problem}" for problem in store_report.problems]
     try:

@@ -749,11 +749,12 @@ class SecureStore:
 
     # ---------------------------------------------------------------- check
 
-    def check(self) -> CheckReport:
+    def check(self, progress: Callable[[int, int], None] | None = None) -> CheckReport:
         """Verify every reachable node, data block and bitmap block, and the allocation.
 
         Reads everything from the device again (not from the cache) and reports every
-        problem with its location instead of stopping at the first.
+        problem with its location instead of stopping at the first. `progress` gets
+        (leaf nodes done, leaf nodes in all) as the data is verified.
         """
         self._check_open()
         report = CheckReport()
@@ -765,10 +766,15 @@ class SecureStore:
         except IntegrityError as exc:
             report.problems.append(str(exc))
             return report
+        leaves = sum(1 for level, _, _ in nodes if level == 0)
+        done = 0
         for level, index, entry in nodes:
             report.nodes += 1
             if level != 0:
                 continue
+            done += 1
+            if progress is not None:
+                progress(done, leaves)
             try:
                 buf = self._nodes.load_verified(0, index, entry)
             except IntegrityError as exc:
