@@ -1,7 +1,8 @@
-"""The README's Python example runs as written (keeps the documentation true)."""
+"""The README's examples run as written (keeps the documentation true)."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -9,15 +10,20 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import require_or_skip
+
 README = Path(__file__).resolve().parents[2] / "README.md"
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
+# What each Python example prints, in order.
+EXPECTED_OUTPUT = ["vTPM NV state", "['db', 'dbx'] 16384"]
 
 
 def test_python_examples_run(tmp_path: Path) -> None:
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.DOTALL)
-    assert blocks, "the README has no Python example"
-    for code in blocks:
-        if "/usr/share/OVMF/" in code and not Path("/usr/share/OVMF/OVMF_CODE_4M.fd").exists():
-            pytest.skip("the example uses Debian's OVMF code file")
+    assert len(blocks) == len(EXPECTED_OUTPUT), "update EXPECTED_OUTPUT with the README"
+    for code, expected in zip(blocks, EXPECTED_OUTPUT, strict=True):
+        if "/usr/share/OVMF/" in code:
+            require_or_skip(OVMF_CODE.exists(), "Debian's OVMF code file (the example uses it)")
         proc = subprocess.run(
             [sys.executable, "-c", code],
             cwd=tmp_path,
@@ -27,4 +33,51 @@ def test_python_examples_run(tmp_path: Path) -> None:
             check=False,
         )
         assert proc.returncode == 0, proc.stderr
-        assert "vTPM NV state" in proc.stdout
+        assert expected in proc.stdout
+
+
+def _tour() -> str:
+    text = README.read_text()
+    section = text[text.index("## A short tour") :]
+    match = re.search(r"```sh\n(.*?)```", section, re.DOTALL)
+    assert match, "the tour has no shell block"
+    return match.group(1)
+
+
+def _as_checked_script(block: str) -> str:
+    """Every line must succeed, except those marked `# exits N`, which must exit N."""
+    lines = ["set -u"]
+    for number, line in enumerate(block.splitlines(), 1):
+        command = line.split("  #", 1)[0].strip()
+        if not command or command.startswith("#"):
+            continue
+        expected = re.search(r"# exits (\d+)", line)
+        code = int(expected.group(1)) if expected else 0
+        lines.append(
+            f"{command}\nrc=$?; if [ $rc -ne {code} ]; then "
+            f"echo 'tour line {number}: exit '$rc', expected {code}' >&2; exit 99; fi"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def test_shell_tour_runs_as_written(tmp_path: Path) -> None:
+    bin_dir = Path(sys.executable).parent
+    if not (bin_dir / "cvmstore").exists():
+        pytest.fail(f"no cvmstore console script beside {sys.executable}")
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
+    script = _as_checked_script(_tour())
+    assert script.count("expected 7") == 2, "the tour shows the tamper caught twice"
+    proc = subprocess.run(
+        ["bash", "-c", script],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    assert "/vtpm/nv" in proc.stdout
+    assert "clean" in proc.stdout
+    assert "IntegrityError" not in proc.stderr  # one clear line, not a class name dump
+    assert "data block fails authentication" in proc.stderr

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from cvmstore.bench import block, store
+from cvmstore.bench import block, fs, store
 from cvmstore.bench._harness import BenchConfig as BenchConfig
 from cvmstore.bench._harness import Figure as Figure
 from cvmstore.bench._harness import Report as Report
@@ -18,4 +18,5 @@ __all__ = ["SUITES", "BenchConfig", "Figure", "Report"]
 SUITES: dict[str, tuple[str, Callable[[BenchConfig], Report]]] = {
     "block": ("FileDevice against bare os.pread/os.pwrite", block.run),
     "store": ("the secure store against raw file I/O with the same fsync cadence", store.run),
+    "fs": ("the filesystem against the host filesystem doing the same work", fs.run),
 }
