@@ -17,7 +17,7 @@ from typing import Self
 
 from cvmstore.errors import FormatError
 
-__all__ = ["EMPTY", "Entry"]
+__all__ = ["EMPTY", "Entry", "pack_entry", "raw_entries"]
 
 _ENTRY = struct.Struct("<QQ12s16s4s")
 if _ENTRY.size != 48:
@@ -50,5 +50,28 @@ class Entry:
             raise FormatError("reserved entry bytes are not zero", offset=offset + 44)
         return cls(physical, generation, nonce, tag)
 
+    @classmethod
+    def from_row(cls, row: tuple[int, int, bytes, bytes, bytes]) -> Self:
+        """The entry of one `raw_entries` row, checked as `decode` checks it."""
+        return cls.decode(_ENTRY.pack(*row))
+
 
 EMPTY = Entry(0, 0, bytes(12), bytes(16))
+
+
+def raw_entries(
+    data: bytes | bytearray, offset: int, count: int
+) -> list[tuple[int, int, bytes, bytes, bytes]]:
+    """(physical, generation, nonce, tag, reserved) of `count` entries from `offset`.
+
+    For hot loops that must not build an object per block; check `reserved` yourself.
+    """
+    return list(_ENTRY.iter_unpack(memoryview(data)[offset : offset + count * _ENTRY.size]))
+
+
+def pack_entry(physical: int, generation: int, nonce: bytes, tag: bytes) -> bytes:
+    """The 48 bytes of an entry, without building an `Entry` (for hot loops)."""
+    return _ENTRY.pack(physical, generation, nonce, tag, _RESERVED)
+
+
+_RESERVED = bytes(4)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import enum
 import logging
 import os
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -36,7 +37,13 @@ from typing import Self
 
 from cvmstore._types import BlockIndex
 from cvmstore.block.protocol import BlockDevice
-from cvmstore.crypto.keys import UnlockKeys, VolumeKeys, derive_unlock_keys, new_volume_key
+from cvmstore.crypto.keys import (
+    GenerationCipher,
+    UnlockKeys,
+    VolumeKeys,
+    derive_unlock_keys,
+    new_volume_key,
+)
 from cvmstore.errors import (
     AnchorError,
     CvmstoreError,
@@ -53,7 +60,7 @@ from cvmstore.errors import (
 )
 from cvmstore.integrity.alloc import Allocator
 from cvmstore.integrity.anchor import Anchor, AnchorState
-from cvmstore.integrity.entry import EMPTY, Entry
+from cvmstore.integrity.entry import EMPTY, Entry, pack_entry, raw_entries
 from cvmstore.integrity.geometry import ENTRY_SIZE, SUPERBLOCKS, Geometry, plan
 from cvmstore.integrity.superblock import SLOT_SIZE, Algorithms, SuperblockSlot
 from cvmstore.integrity.tree import Kind, NodeCache, aad
@@ -65,6 +72,8 @@ log = logging.getLogger("cvmstore.integrity")
 Rng = Callable[[int], bytes]
 Clock = Callable[[], float]
 _ZERO_DIGEST = bytes(32)
+_ZERO_RESERVED = bytes(4)
+_INDEX_GEN = struct.Struct("<QQ")  # the tail of a block's associated data (tree.aad)
 
 
 class StoreState(enum.Enum):
@@ -479,25 +488,54 @@ class SecureStore:
         """
         self._check_open()
         self._check_range(first, count)
+        out: list[bytes] = []
         try:
-            entries = [self._nodes.leaf(i) for i in range(first, first + count)]
-            out: list[bytes] = []
-            for start, run in _physical_runs(entries):
-                if entries[start].empty:
-                    out.append(bytes(run * self._geo.block_size))
-                    continue
-                data = self._device.read(BlockIndex(entries[start].physical), run)
-                bs = self._geo.block_size
-                for k in range(run):
-                    index = first + start + k
-                    out.append(
-                        self._open_leaf(
-                            Kind.DATA, index, entries[start + k], data[k * bs : (k + 1) * bs]
-                        )
-                    )
+            self._read_rows(first, self._leaf_rows(first, count), out)
             return b"".join(out)
         except IntegrityError as exc:
             raise self._failing(exc) from None
+
+    def _read_rows(
+        self, first: int, rows: list[tuple[int, int, bytes, bytes, bytes]], out: list[bytes]
+    ) -> None:
+        """Read and verify data blocks `first ..` whose leaf entries are `rows`.
+
+        The hot path of every read, kept flat on purpose: it checks each entry as
+        `_open_leaf` does and hands anything unusual to `_open_leaf` for the precise error.
+        """
+        bs = self._geo.block_size
+        lo, hi = self._data_range.start, self._data_range.stop
+        newest = self._slot.generation + 1
+        prefix = self._id + bytes((Kind.DATA, 0))
+        ciphers: dict[int, GenerationCipher] = {}
+        k, n = 0, len(rows)
+        while k < n:
+            physical = rows[k][0]
+            run = 1
+            if physical == 0:
+                while k + run < n and rows[k + run][0] == 0:
+                    run += 1
+                out.append(bytes(run * bs))
+                k += run
+                continue
+            while k + run < n and rows[k + run][0] == physical + run:
+                run += 1
+            data = self._device.read(BlockIndex(physical), run)
+            for j in range(k, k + run):
+                phys, generation, nonce, tag, reserved = rows[j]
+                block = data[(j - k) * bs : (j - k + 1) * bs]
+                plain = None
+                if reserved == _ZERO_RESERVED and lo <= phys < hi and generation <= newest:
+                    cipher = ciphers.get(generation)
+                    if cipher is None:
+                        cipher = ciphers[generation] = self._keys.cipher(generation)
+                    plain = cipher.decrypt(
+                        nonce, block, tag, prefix + _INDEX_GEN.pack(first + j, generation)
+                    )
+                if plain is None:  # raises the precise error
+                    plain = self._open_leaf(Kind.DATA, first + j, Entry.from_row(rows[j]), block)
+                out.append(plain)
+            k += run
 
     def _read_leaf(self, kind: Kind, index: int, entry: Entry) -> bytes:
         if entry.empty:
@@ -568,35 +606,59 @@ class SecureStore:
         if rest or not count:
             raise ValueError(f"a write takes whole blocks of {bs} bytes, got {len(data)}")
         self._check_range(first, count)
+        alloc = self._alloc
         try:
-            olds = [self._nodes.leaf(i) for i in range(first, first + count)]
-            fresh = sum(1 for old in olds if old.empty or not self._alloc.is_pending(old.physical))
-            if fresh > self._alloc.free_count:
-                raise self._alloc.full_error()
-            entries: list[Entry] = []
+            rows = self._leaf_rows(first, count)
+            fresh = sum(1 for row in rows if not row[0] or not alloc.is_pending(row[0]))
+            if fresh > alloc.free_count:
+                raise alloc.full_error()
+            generation = self._slot.generation + 1
+            cipher = self._keys.cipher(generation)
+            prefix = self._id + bytes((Kind.DATA, 0))
+            physicals: list[int] = []
             sealed: list[bytes] = []
-            for k, old in enumerate(olds):
-                if not old.empty and self._alloc.is_pending(old.physical):
-                    physical = old.physical  # written earlier in this commit: reuse in place
+            packed: list[bytes] = []
+            for k, row in enumerate(rows):
+                old = row[0]
+                if old and alloc.is_pending(old):
+                    physical = old  # written earlier in this commit: reuse in place
                 else:
-                    physical = self._alloc.allocate()
-                    if not old.empty:
-                        self._alloc.free(old.physical)
-                block, entry = self._seal(
-                    Kind.DATA, 0, first + k, data[k * bs : (k + 1) * bs], physical
+                    physical = alloc.allocate()
+                    if old:
+                        alloc.free(old)
+                nonce = self._keys.next_nonce()
+                if self.nonces_used is not None:
+                    self.nonces_used.append((generation, nonce))
+                block, tag = cipher.encrypt(
+                    nonce,
+                    data[k * bs : (k + 1) * bs],
+                    prefix + _INDEX_GEN.pack(first + k, generation),
                 )
+                physicals.append(physical)
                 sealed.append(block)
-                entries.append(entry)
-            for start, run in _physical_runs(entries):
-                self._device.write(
-                    BlockIndex(entries[start].physical), b"".join(sealed[start : start + run])
-                )
-            for k, entry in enumerate(entries):
-                self._nodes.set_leaf(first + k, entry)
+                packed.append(pack_entry(physical, generation, nonce, tag))
+            start = 0
+            for k in range(1, count + 1):
+                if k == count or physicals[k] != physicals[k - 1] + 1:
+                    self._device.write(BlockIndex(physicals[start]), b"".join(sealed[start:k]))
+                    start = k
+            self._nodes.set_leaf_run(first, b"".join(packed))
         except DeviceFullError:
             raise  # refused before anything changed
         except (IntegrityError, DeviceError) as exc:
             raise self._failing(exc) from None
+
+    def _leaf_rows(self, first: int, count: int) -> list[tuple[int, int, bytes, bytes, bytes]]:
+        """The raw leaf entries of logical blocks `first .. first+count-1`."""
+        fanout = self._geo.fanout
+        rows: list[tuple[int, int, bytes, bytes, bytes]] = []
+        position, end = first, first + count
+        while position < end:
+            index, slot = divmod(position, fanout)
+            take = min(end - position, fanout - slot)
+            rows += raw_entries(self._nodes.node(0, index), slot * ENTRY_SIZE, take)
+            position += take
+        return rows
 
     def discard(self, index: int) -> None:
         """Forget logical block `index`: it reads as zeros and its space is freed."""
@@ -834,22 +896,6 @@ def _where(kind: Kind, index: int, entry: Entry) -> str:
     """The location named in an integrity error (built only when one is raised)."""
     what = "logical block" if kind is Kind.DATA else "bitmap block"
     return f"{what} {index} at block {entry.physical}"
-
-
-def _physical_runs(entries: list[Entry]) -> list[tuple[int, int]]:
-    """Split entries into (start, length) runs of consecutive physical blocks (or of empties)."""
-    runs: list[tuple[int, int]] = []
-    start = 0
-    for k in range(1, len(entries) + 1):
-        if k < len(entries):
-            prev, cur = entries[k - 1], entries[k]
-            if (prev.empty and cur.empty) or (
-                not prev.empty and not cur.empty and cur.physical == prev.physical + 1
-            ):
-                continue
-        runs.append((start, k - start))
-        start = k
-    return runs
 
 
 def _other(current: int, slots: tuple[int, int]) -> int:

@@ -142,6 +142,19 @@ class NodeCache:
         offset = (child % fanout) * ENTRY_SIZE
         self.dirty_node(level, child // fanout)[offset : offset + ENTRY_SIZE] = entry.encode()
 
+    def set_leaf_run(self, first: int, entries: bytes) -> None:
+        """Replace the entries of consecutive leaves from `first` (packed, 48 bytes each)."""
+        fanout = self._geo.fanout
+        count = len(entries) // ENTRY_SIZE
+        done = 0
+        while done < count:
+            index, slot = divmod(first + done, fanout)
+            take = min(count - done, fanout - slot)
+            self.dirty_node(0, index)[slot * ENTRY_SIZE : (slot + take) * ENTRY_SIZE] = entries[
+                done * ENTRY_SIZE : (done + take) * ENTRY_SIZE
+            ]
+            done += take
+
     def dirty_node(self, level: int, index: int) -> bytearray:
         """The node's buffer, pinned as dirty until `take_dirty` hands it to the commit."""
         key = (level, index)

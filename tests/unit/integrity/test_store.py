@@ -361,16 +361,37 @@ def test_bulk_write_that_does_not_fit_changes_nothing() -> None:
     assert [store.read(i) for i in range(too_many)] == [blk(i) for i in range(too_many)]
 
 
-def test_runs_are_split_at_gaps_and_empties() -> None:
-    from cvmstore.integrity.entry import EMPTY, Entry
-    from cvmstore.integrity.store import _physical_runs
+def test_reads_and_writes_go_to_the_device_in_physical_runs() -> None:
+    class Counting(MemoryDevice):
+        def __init__(self, blocks: int) -> None:
+            super().__init__(blocks)
+            self.reads: list[tuple[int, int]] = []
+            self.writes: list[tuple[int, int]] = []
 
-    def at(p: int) -> Entry:
-        return Entry(p, 1, bytes(12), bytes(16))
+        def read(self, first: BlockIndex, count: int = 1) -> bytes:
+            self.reads.append((first, count))
+            return super().read(first, count)
 
-    entries = [at(5), at(6), at(7), EMPTY, EMPTY, at(9), at(11), at(12)]
-    assert _physical_runs(entries) == [(0, 3), (3, 2), (5, 1), (6, 2)]
-    assert _physical_runs([]) == []
+        def write(self, first: BlockIndex, data: bytes) -> None:
+            self.writes.append((first, len(data) // self.block_size))
+            super().write(first, data)
+
+    device = Counting(256)
+    store = format_store(device, KEY, MemoryAnchor())
+    device.writes.clear()
+    store.write_blocks(0, b"".join(blk(i) for i in range(8)))
+    assert len(device.writes) == 1  # eight new copies, consecutive: one call
+    assert device.writes[0][1] == 8
+    store.commit()
+    store.discard(3)
+    store.discard(4)  # an empty gap in the middle
+    store.write(6, blk(60))  # a new copy elsewhere: the physical run breaks at 6 and at 7
+    store.commit()
+    device.reads.clear()
+    expected = [blk(0), blk(1), blk(2), bytes(4096), bytes(4096), blk(5), blk(60), blk(7)]
+    assert store.read_blocks(0, 8) == b"".join(expected)
+    data_reads = [call for call in device.reads if call[0] >= store.geometry.data_start]
+    assert [count for _, count in data_reads] == [3, 1, 1, 1]
 
 
 def test_format_against_another_volumes_anchor_writes_nothing(tmp_path: Path) -> None:
