@@ -12,10 +12,11 @@ import shutil
 import sys
 import tarfile
 import tempfile
+from pathlib import Path
 from typing import IO, Any
 
 from cvmstore.cli.common import add_image_options, opened
-from cvmstore.cli.image import _progress_option
+from cvmstore.cli.image import _progress_option, _write_atomically
 from cvmstore.cli.progress import Progress
 from cvmstore.cli.usage import UsageError
 from cvmstore.errors import (
@@ -62,30 +63,25 @@ def register(commands: Any) -> None:  # noqa: ANN401 (argparse's subparsers type
 
 
 def _export(args: argparse.Namespace) -> int:
-    out: IO[bytes]
-    out = sys.stdout.buffer if args.output == "-" else _create(args.output)
-    try:
-        with opened(args, write=False) as fs:
-            total = sum(
-                fs.stat(f"{where.rstrip('/')}/{name}").size
-                for where, _, files in fs.walk(args.path)
-                for name in files
-            )
-            bar = Progress("export", total, enabled=args.progress)
+    with opened(args, write=False) as fs:
+        total = sum(
+            fs.stat(f"{where.rstrip('/')}/{name}").size
+            for where, _, files in fs.walk(args.path)
+            for name in files
+        )
+        bar = Progress("export", total, enabled=args.progress)
+
+        def fill(out: IO[bytes]) -> None:
             with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
                 _write_tree(fs, args.path, tar, bar)
-            bar.close()
-    finally:
-        if out is not sys.stdout.buffer:
-            out.close()
+
+        if args.output == "-":
+            fill(sys.stdout.buffer)
+            sys.stdout.buffer.flush()
+        else:  # like get: a failed export leaves no partial file and replaces nothing
+            _write_atomically(Path(args.output), fill)
+        bar.close()
     return 0
-
-
-def _create(name: str) -> IO[bytes]:
-    try:
-        return open(name, "wb")
-    except OSError as exc:
-        raise UsageError(f"cannot write {name}: {exc.strerror}") from None
 
 
 def _write_tree(fs: Filesystem, root: str, tar: tarfile.TarFile, bar: Progress) -> None:
@@ -147,8 +143,8 @@ def _import(args: argparse.Namespace) -> int:
 def _open_tar(spool: IO[bytes], name: str) -> tarfile.TarFile:
     try:
         return tarfile.open(fileobj=spool, mode="r:*")
-    except tarfile.TarError as exc:
-        raise UsageError(f"{name} is not a tar stream: {exc}") from None
+    except tarfile.TarError:
+        raise UsageError(f"{name} is not a tar stream (plain, gzip, bzip2 or xz)") from None
 
 
 def _open(name: str) -> IO[bytes]:

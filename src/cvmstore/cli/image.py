@@ -26,8 +26,15 @@ from cvmstore.cli.common import add_image_options, default_anchor, opened, parse
 from cvmstore.cli.keys import load_key, write_new_key
 from cvmstore.cli.progress import Progress
 from cvmstore.cli.usage import UsageError
-from cvmstore.errors import FsCorruptError, IntegrityError, PathNotFoundError
+from cvmstore.errors import (
+    AnchorError,
+    FsCorruptError,
+    IntegrityError,
+    IsADirectoryPathError,
+    PathNotFoundError,
+)
 from cvmstore.fs import DirEntry, Filesystem, Stat, make_filesystem
+from cvmstore.integrity.anchor import FileAnchor
 
 __all__ = ["register"]
 
@@ -63,7 +70,9 @@ def register(commands: Any) -> None:  # noqa: ANN401 (argparse's subparsers type
     p.add_argument(
         "--firmware-code", metavar="FILE", help="for pflash: check the fit beside this OVMF code"
     )
-    p.add_argument("--force", action="store_true", help="overwrite an existing IMAGE")
+    p.add_argument(
+        "--force", action="store_true", help="overwrite an existing IMAGE and its anchor"
+    )
 
     p = _add(commands, "info", _info, "show the volume and filesystem summary", image=True)
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -198,6 +207,14 @@ def _mkfs(args: argparse.Namespace) -> int:
         overwrite=args.force,
     )
     try:
+        if isinstance(anchor, FileAnchor) and anchor.path.exists():
+            # The record of whatever volume was made against it: a new volume cannot use it.
+            if not args.force:
+                raise AnchorError(
+                    f"anchor {anchor.path} already exists (it records another volume): "
+                    f"remove it, or use --force to replace it too"
+                )
+            anchor.path.unlink()
         with make_filesystem(device, key, anchor) as fs:
             usage = fs.usage()
     except BaseException:
@@ -322,9 +339,10 @@ def _get(args: argparse.Namespace) -> int:
             fs.read_to(args.path, sys.stdout.buffer, progress=bar.update)
             sys.stdout.buffer.flush()
         else:
-            _write_atomically(
-                Path(args.dest), lambda f: fs.read_to(args.path, f, progress=bar.update)
-            )
+            dest = Path(args.dest)
+            if dest.is_dir():  # like cp: into the directory, under the file's own name
+                dest /= os.path.basename(args.path.rstrip("/"))
+            _write_atomically(dest, lambda f: fs.read_to(args.path, f, progress=bar.update))
         bar.close()
     return 0
 
@@ -338,7 +356,10 @@ def _write_atomically(dest: Path, fill: Callable[[IO[bytes]], object]) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             fill(f)
-        os.replace(tmp, dest)
+        try:
+            os.replace(tmp, dest)
+        except OSError as exc:
+            raise UsageError(f"cannot write {dest}: {exc.strerror}") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -363,6 +384,8 @@ def _rm(args: argparse.Namespace) -> int:
             except PathNotFoundError:
                 if not args.force:
                     raise
+            except IsADirectoryPathError:  # the library's hint names its rmdir, not ours
+                raise IsADirectoryPathError(f"{path} is a directory (use rm -r)") from None
     return 0
 
 

@@ -42,13 +42,30 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in (image, archive, demo, bench):
         module.register(commands)
+    for command in commands.choices.values():
+        command.set_defaults(command_parser=command)
     return parser
+
+
+def _parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    args, extras = parser.parse_known_args(arguments)
+    if not extras:
+        return args
+    if arguments.index(args.command) != 0:
+        parser.parse_args(arguments)  # unknown options before the command: report, exit 2
+    # Before Python 3.12.7 (CPython gh-59317), an option between positionals makes argparse
+    # fill an optional positional with its default too early, so `ls IMAGE -l DIR` is
+    # refused. Parse the command's arguments again, options and positionals intermixed;
+    # arguments that really are unknown are still refused there.
+    command: argparse.ArgumentParser = args.command_parser
+    return command.parse_intermixed_args(arguments[1:], argparse.Namespace(command=args.command))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `cvmstore` with `argv` (default: `sys.argv[1:]`) and return the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = _parse_args(parser, argv)
     try:
         code: int = args.handler(args)
     except UsageError as exc:
