@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 from typing import TYPE_CHECKING
 
+from cvmstore.errors import PathNotFoundError
+
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer, WriteableBuffer
 
@@ -28,6 +30,7 @@ class FsFile(io.RawIOBase):
         super().__init__()
         self._fs = fs
         self._ino = ino
+        self._serial = fs._serials.get(ino, 0)
         self._read = read
         self._write = write
         self._append = "a" in mode
@@ -51,7 +54,7 @@ class FsFile(io.RawIOBase):
         """Read into `buffer` from the position; return the bytes read (0 at the end)."""
         self._check(self._read, "reading")
         view = memoryview(buffer).cast("B")
-        data = self._fs._read_ino(self._ino, self._pos, len(view))
+        data = self._fs._read_ino(self._live_ino(), self._pos, len(view))
         view[: len(data)] = data
         self._pos += len(data)
         return len(data)
@@ -59,7 +62,7 @@ class FsFile(io.RawIOBase):
     def readall(self) -> bytes:
         """Read from the position to the end of the file."""
         self._check(self._read, "reading")
-        size = self._fs._size_ino(self._ino)
+        size = self._fs._size_ino(self._live_ino())
         data = self._fs._read_ino(self._ino, self._pos, max(0, size - self._pos))
         self._pos += len(data)
         return data
@@ -69,8 +72,8 @@ class FsFile(io.RawIOBase):
         self._check(self._write, "writing")
         data = bytes(memoryview(buffer).cast("B"))
         if self._append:
-            self._pos = self._fs._size_ino(self._ino)
-        written = self._fs._write_ino(self._ino, self._pos, data)
+            self._pos = self._fs._size_ino(self._live_ino())
+        written = self._fs._write_ino(self._live_ino(), self._pos, data)
         self._pos += written
         return written
 
@@ -82,7 +85,7 @@ class FsFile(io.RawIOBase):
         elif whence == io.SEEK_CUR:
             position = self._pos + offset
         elif whence == io.SEEK_END:
-            position = self._fs._size_ino(self._ino) + offset
+            position = self._fs._size_ino(self._live_ino()) + offset
         else:
             raise ValueError(f"invalid whence {whence}")
         if position < 0:
@@ -101,8 +104,14 @@ class FsFile(io.RawIOBase):
         size = self._pos if size is None else size
         if size < 0:
             raise ValueError(f"negative size {size}")
-        self._fs._truncate_ino(self._ino, size)
+        self._fs._truncate_ino(self._live_ino(), size)
         return size
+
+    def _live_ino(self) -> int:
+        """The inode, unless the file was removed and its number given to a new one."""
+        if self._fs._serials.get(self._ino, 0) != self._serial:
+            raise PathNotFoundError(f"{self.name} was removed")
+        return self._ino
 
     def _check(self, allowed: bool, what: str) -> None:
         if self.closed:

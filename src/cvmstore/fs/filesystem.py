@@ -125,6 +125,11 @@ class Filesystem:
         self._doomed = False
         self._changes = 0
         self._closed = False
+        # Which making of an inode number a file object refers to, since numbers are reused:
+        # inode -> serial of its latest making, and what uncommitted makings replaced.
+        self._serials: dict[int, int] = {}
+        self._serial_undo: list[tuple[int, int]] = []
+        self._next_serial = 1
 
     # ---------------------------------------------------------------- make and open
 
@@ -247,8 +252,12 @@ class Filesystem:
             self._sb_dirty = False
         self._meta.write_back()
         self.store.commit()
+        self._serial_undo.clear()
 
     def _rollback(self) -> None:
+        for ino, serial in reversed(self._serial_undo):
+            self._serials[ino] = serial
+        self._serial_undo.clear()
         self._meta.drop()
         self._dirs.clear()
         self._sb_dirty = False
@@ -379,6 +388,9 @@ class Filesystem:
                 sb.table.size = (fb + 1) * sb.block_size
         sb.live_inodes += 1
         self._sb_dirty = True
+        self._serial_undo.append((ino, self._serials.get(ino, 0)))
+        self._serials[ino] = self._next_serial
+        self._next_serial += 1
         self._put_inode(ino, Inode(kind, ctime_ns=now, mtime_ns=now, parent=parent))
         return ino
 
@@ -572,7 +584,7 @@ class Filesystem:
             return b""
         bs = self._sb.block_size
         first, last = offset // bs, (end - 1) // bs
-        out = bytearray()
+        parts: list[bytes] = []
         fb = first
         while fb <= last:
             count = min(last + 1 - fb, _CHUNK_BLOCKS)
@@ -583,15 +595,18 @@ class Filesystem:
                 if blocks[k] == 0:
                     while k + run < count and blocks[k + run] == 0:
                         run += 1
-                    out += bytes(run * bs)
+                    parts.append(bytes(run * bs))
                 else:
                     while k + run < count and blocks[k + run] == blocks[k] + run:
                         run += 1
-                    out += self.store.read_blocks(blocks[k], run)
+                    parts.append(self.store.read_blocks(blocks[k], run))
                 k += run
             fb += count
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
         start = offset - first * bs
-        return bytes(out[start : start + end - offset])
+        if start == 0 and len(data) == end - offset:
+            return data  # whole blocks: no copy
+        return data[start : start + end - offset]
 
     # ---------------------------------------------------------------- writing
 
@@ -762,13 +777,12 @@ class Filesystem:
             chunk_start = fb * bs
             chunk_end = chunk_start + count * bs
             lo, hi = max(offset, chunk_start), min(end, chunk_end)
-            buf = bytearray(count * bs)
-            # partial first and last blocks keep the bytes around the write
-            if lo > chunk_start and blocks[0]:
-                buf[:bs] = self.store.read(blocks[0])
-            if hi < chunk_end and blocks[-1] and (count > 1 or lo == chunk_start):
-                buf[-bs:] = self.store.read(blocks[-1])
-            buf[lo - chunk_start : hi - chunk_start] = view[lo - offset : hi - offset]
+            if lo == chunk_start and hi == chunk_end:
+                buf = bytes(view[lo - offset : hi - offset])  # whole blocks: one copy
+            else:
+                buf = self._merge_partial(
+                    blocks, chunk_start, lo, hi, view[lo - offset : hi - offset]
+                )
             holes = [k for k, block in enumerate(blocks) if block == 0]
             if holes:
                 self._fill_holes(inode, fb, blocks, holes)
@@ -777,12 +791,26 @@ class Filesystem:
                 run = 1
                 while k + run < count and blocks[k + run] == blocks[k] + run:
                     run += 1
-                self.store.write_blocks(blocks[k], bytes(buf[k * bs : (k + run) * bs]))
+                self.store.write_blocks(blocks[k], buf[k * bs : (k + run) * bs])
                 k += run
             fb += count
         inode.size = max(inode.size, end)
         inode.mtime_ns = self._clock()
         self._put_inode(ino, inode)
+
+    def _merge_partial(
+        self, blocks: list[int], chunk_start: int, lo: int, hi: int, data: memoryview
+    ) -> bytes:
+        """The chunk's blocks with `data` at `lo..hi`, keeping the bytes around it."""
+        bs = self._sb.block_size
+        buf = bytearray(len(blocks) * bs)
+        chunk_end = chunk_start + len(buf)
+        if lo > chunk_start and blocks[0]:
+            buf[:bs] = self.store.read(blocks[0])
+        if hi < chunk_end and blocks[-1] and (len(blocks) > 1 or lo == chunk_start):
+            buf[-bs:] = self.store.read(blocks[-1])
+        buf[lo - chunk_start : hi - chunk_start] = data
+        return bytes(buf)
 
     def _fill_holes(self, inode: Inode, fb: int, blocks: list[int], holes: list[int]) -> None:
         """Give file blocks `fb + k` (k in `holes`) new blocks, assigned in runs."""

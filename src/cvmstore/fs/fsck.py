@@ -57,6 +57,10 @@ class FsckReport:
         }
 
 
+class _StoreFailed(Exception):
+    """The store failed during the check: stop, every later read would fail too."""
+
+
 class _Checker:
     def __init__(self, fs: Filesystem, report: FsckReport) -> None:
         self.fs = fs
@@ -67,6 +71,8 @@ class _Checker:
 
     def problem(self, text: str) -> None:
         self.report.problems.append(text)
+        if self.fs.store.state is StoreState.FAILED:
+            raise _StoreFailed  # what follows would only echo this failure
 
     def claim(self, block: int, owner: str, *, metadata: bool) -> bool:
         if not self.first_data <= block < self.sb.total_blocks:
@@ -189,7 +195,8 @@ class _Checker:
             self.problem(f"inode {ino} ({path}): {exc}")
             return
         if inode.kind is not Kind.FILE:
-            self.problem(f"inode {ino} ({path}): a directory entry says file, it is {inode.kind}")
+            kind = inode.kind.name.lower()
+            self.problem(f"inode {ino} ({path}): a directory entry says file, it is {kind}")
             return
         self.report.files += 1
         self.inode_blocks(ino, inode, path, data_is_meta=False)
@@ -273,8 +280,13 @@ def check_filesystem(
     report.problems += [f"store: {problem}" for problem in store_report.problems]
     try:
         _Checker(fs, report).run()
+    except _StoreFailed:
+        pass
     except CvmstoreError as exc:
         report.problems.append(f"filesystem check stopped: {exc}")
     if fs.store.state is StoreState.FAILED:
-        report.problems.append("the store refused further reads after an integrity failure")
+        report.problems.append(
+            "the filesystem check stopped: the store refuses further reads after an "
+            "integrity failure"
+        )
     return report
