@@ -1,0 +1,1 @@
+"""SEV-SNP attestation: reports, the AMD certificate chain, TCB and policy checks."""

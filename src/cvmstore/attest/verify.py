@@ -1,0 +1,227 @@
+"""Verify a report: the AMD chain to a pinned root, the signature, the TCB and the chip.
+
+`verify_report` is the only way to get a `VerifiedReport`, so code that needs an authentic
+report (the KBS) takes that type and cannot be handed an unchecked one by mistake. Policy
+(which measurements, which TCB, ...) is a separate step: `cvmstore.attest.policy`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+from cvmstore.attest.certs import (
+    AMD_ARK_PINS,
+    CertRole,
+    VekInfo,
+    check_signed_by,
+    check_validity,
+    load_certificates,
+    role_of,
+    spki_sha256,
+    vek_info,
+)
+from cvmstore.attest.report import AttestationReport, SigningKey
+from cvmstore.attest.tcb import Product
+from cvmstore.errors import (
+    AttestationError,
+    CertificateChainError,
+    FormatError,
+    ReportSignatureError,
+)
+
+__all__ = ["Trust", "VerifiedReport", "find_offline_vcek", "verify_report"]
+
+_TOKEN = object()  # only verify_report holds it, so only it can make a VerifiedReport
+
+
+@dataclass(frozen=True, slots=True)
+class Trust:
+    """Which roots to trust: SHA-256 of an ARK's SubjectPublicKeyInfo -> its product.
+
+    The default is AMD's three ARKs. Anything else (the simulator's root) must be added
+    explicitly with `with_root`; nothing is trusted by default beyond AMD.
+    """
+
+    pins: dict[str, Product] = field(
+        default_factory=lambda: {pin: product for product, pin in AMD_ARK_PINS.items()}
+    )
+
+    def with_root(self, ark: x509.Certificate, product: Product) -> Trust:
+        """A copy that also trusts `ark` as the root of `product`."""
+        return Trust({**self.pins, spki_sha256(ark): product})
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedReport:
+    """A report whose signature, chain, TCB and chip binding were verified.
+
+    Only `verify_report` makes these.
+    """
+
+    report: AttestationReport
+    product: Product
+    signing_key: SigningKey
+    vek: VekInfo
+    ark_sha256: str
+    verified_at: datetime
+    _token: object = field(repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self._token is not _TOKEN:
+            raise TypeError("a VerifiedReport comes from verify_report() only")
+
+
+def verify_report(
+    report: AttestationReport,
+    certificates: Sequence[x509.Certificate] = (),
+    *,
+    trust: Trust | None = None,
+    now: datetime | None = None,
+    vcek_store: Path | None = None,
+) -> VerifiedReport:
+    """Verify `report` against the AMD chain in `certificates` (and `vcek_store`).
+
+    Args:
+        report: the decoded report.
+        certificates: VEK, ASK or ASVK, and ARK, in any order (from the evidence, files or a
+            directory); extra certificates are ignored.
+        trust: the pinned roots (AMD's by default).
+        now: the time to check validity periods against (default: the current time).
+        vcek_store: an offline VCEK store in Trustee's layout, consulted when no VCEK is given.
+
+    Raises:
+        AttestationError: the report names no usable signing key (check "signing-key").
+        CertificateChainError: a missing, untrusted, expired or wrongly signed certificate, a
+            TCB or chip ID that the VEK does not certify (check says which).
+        ReportSignatureError: the report signature does not verify.
+    """
+    trust = trust or Trust()
+    now = now or datetime.now(UTC)
+    signer = report.key_info.signing_key
+    if signer is SigningKey.NONE:
+        raise AttestationError("the report is not signed (SIGNING_KEY = none)", check="signing-key")
+    want = CertRole.VCEK if signer is SigningKey.VCEK else CertRole.VLEK
+    roles = [(cert, role_of(cert)) for cert in certificates]
+    veks = [cert for cert, role in roles if role is not None and role[0] is want]
+    if not veks and want is CertRole.VCEK and vcek_store is not None:
+        veks = find_offline_vcek(vcek_store, report)
+    if not veks:
+        raise CertificateChainError(f"no {want.value} certificate was given", check="vek")
+    vek = _pick_vek(veks, report, want)
+    info = vek_info(vek)
+    product = report.product or info.product
+    issuer_role = CertRole.ASK if want is CertRole.VCEK else CertRole.ASVK
+    issuers = [
+        (cert, role[1])
+        for cert, role in roles
+        if role is not None and role[0] is issuer_role and product in (None, role[1])
+    ]
+    if not issuers:
+        what = "ASK" if issuer_role is CertRole.ASK else "ASVK"
+        raise CertificateChainError(f"no {what} certificate was given", check="chain")
+    issuer, issuer_product = issuers[0]
+    product = product or issuer_product
+    arks = [
+        cert
+        for cert, role in roles
+        if role is not None and role[0] is CertRole.ARK and role[1] is product
+    ]
+    if not arks or product is None:
+        raise CertificateChainError("no ARK certificate for the product was given", check="chain")
+    ark = arks[0]
+    pin = spki_sha256(ark)
+    if trust.pins.get(pin) is not product:
+        raise CertificateChainError(
+            f"the ARK {pin[:16]}... is not a trusted root for {product.value}", check="root"
+        )
+    check_signed_by(ark, ark, "ARK")
+    check_signed_by(issuer, ark, issuer_role.value)
+    check_signed_by(vek, issuer, want.value)
+    for cert, what in (
+        (ark, "the ARK"),
+        (issuer, f"the {issuer_role.value}"),
+        (vek, f"the {want.value}"),
+    ):
+        check_validity(cert, now, what)
+    _check_signature(report, vek)
+    _check_tcb(report, info)
+    if want is CertRole.VCEK:
+        _check_chip(report, info)
+    return VerifiedReport(report, product, signer, info, pin, now, _TOKEN)
+
+
+def _pick_vek(
+    veks: list[x509.Certificate], report: AttestationReport, want: CertRole
+) -> x509.Certificate:
+    if want is CertRole.VCEK and len(veks) > 1:
+        for cert in veks:
+            hw_id = vek_info(cert).hw_id
+            if hw_id and report.chip_id.startswith(hw_id):
+                return cert
+    return veks[0]
+
+
+def _check_signature(report: AttestationReport, vek: x509.Certificate) -> None:
+    key = vek.public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise CertificateChainError("the VEK's key is not ECDSA", check="chain")
+    signature = encode_dss_signature(report.signature_r, report.signature_s)
+    try:
+        key.verify(signature, report.signed_bytes(), ec.ECDSA(hashes.SHA384()))
+    except InvalidSignature:
+        raise ReportSignatureError(
+            "the report signature does not verify under the VEK", check="signature"
+        ) from None
+
+
+def _check_tcb(report: AttestationReport, info: VekInfo) -> None:
+    reported = report.reported_tcb.components()
+    for name, level in reported.items():
+        certified = info.spl.get(name)
+        if certified != level:
+            raise CertificateChainError(
+                f"REPORTED_TCB {name} is {level} but the VEK certifies {certified}", check="tcb"
+            )
+
+
+def _check_chip(report: AttestationReport, info: VekInfo) -> None:
+    if report.key_info.mask_chip_key or not any(report.chip_id):
+        raise CertificateChainError(
+            "the chip ID is masked, so the VCEK cannot be tied to the chip", check="chip-id"
+        )
+    hw_id = info.hw_id
+    if not hw_id:
+        raise CertificateChainError("the VCEK has no hwID extension", check="chip-id")
+    expected = report.chip_id[: len(hw_id)]
+    if hw_id != expected or any(report.chip_id[len(hw_id) :]):
+        raise CertificateChainError("the VCEK was issued for another chip", check="chip-id")
+
+
+def find_offline_vcek(root: Path, report: AttestationReport) -> list[x509.Certificate]:
+    """VCEKs from an offline store in Trustee's layout, for this report's chip and TCB.
+
+    `{root}/vcek/{hwid hex}/{blNN_teeNN_snpNN_ucodeNN[_fmcNN]}_vcek.der`, else
+    `{root}/vcek/{hwid hex}/vcek.der` (hwid: the 64-byte chip ID, 8 bytes on Turin).
+    """
+    chip = report.chip_id[:8] if report.turin_layout else report.chip_id
+    folder = root / "vcek" / chip.hex()
+    tcb = report.reported_tcb
+    name = f"bl{tcb.bootloader:02d}_tee{tcb.tee:02d}_snp{tcb.snp:02d}_ucode{tcb.microcode:02d}"
+    if tcb.fmc is not None:
+        name += f"_fmc{tcb.fmc:02d}"
+    for candidate in (folder / f"{name}_vcek.der", folder / "vcek.der"):
+        if candidate.is_file():
+            try:
+                return load_certificates(candidate.read_bytes())
+            except FormatError as exc:
+                raise CertificateChainError(f"{candidate}: {exc}", check="vek") from None
+    return []
