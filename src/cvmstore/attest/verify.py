@@ -7,6 +7,7 @@ report (the KBS) takes that type and cannot be handed an unchecked one by mistak
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -41,6 +42,8 @@ from cvmstore.errors import (
 __all__ = ["Trust", "VerifiedReport", "find_offline_vcek", "verify_report"]
 
 _TOKEN = object()  # only verify_report holds it, so only it can make a VerifiedReport
+_CHAIN_CACHE: OrderedDict[tuple[bytes, ...], VekInfo] = OrderedDict()
+_CHAIN_CACHE_SIZE = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,8 +120,7 @@ def verify_report(
     if not veks:
         raise CertificateChainError(f"no {want.value} certificate was given", check="vek")
     vek = _pick_vek(veks, report, want)
-    info = vek_info(vek)
-    product = report.product or info.product
+    product = report.product or vek_info(vek).product
     issuer_role = CertRole.ASK if want is CertRole.VCEK else CertRole.ASVK
     issuers = [
         (cert, role[1])
@@ -143,9 +145,7 @@ def verify_report(
         raise CertificateChainError(
             f"the ARK {pin[:16]}... is not a trusted root for {product.value}", check="root"
         )
-    check_signed_by(ark, ark, "ARK")
-    check_signed_by(issuer, ark, issuer_role.value)
-    check_signed_by(vek, issuer, want.value)
+    info = _verified_chain(ark, issuer, vek, issuer_role, want)
     for cert, what in (
         (ark, "the ARK"),
         (issuer, f"the {issuer_role.value}"),
@@ -157,6 +157,35 @@ def verify_report(
     if want is CertRole.VCEK:
         _check_chip(report, info)
     return VerifiedReport(report, product, signer, info, pin, now, _TOKEN)
+
+
+def _verified_chain(
+    ark: x509.Certificate,
+    issuer: x509.Certificate,
+    vek: x509.Certificate,
+    issuer_role: CertRole,
+    want: CertRole,
+) -> VekInfo:
+    """Check the three links once per distinct chain; later calls find the result cached.
+
+    A KBS verifies many reports against the same few chains, and the three RSA-4096
+    signature checks cost more than the report's own ECDSA check. Only the links are cached
+    (keyed by the certificates' exact signed bytes and signatures); validity periods, the
+    pin, the report signature, TCB and chip are checked on every call.
+    """
+    key = tuple(part for c in (ark, issuer, vek) for part in (c.tbs_certificate_bytes, c.signature))
+    found = _CHAIN_CACHE.get(key)
+    if found is not None:
+        _CHAIN_CACHE.move_to_end(key)
+        return found
+    check_signed_by(ark, ark, "ARK")
+    check_signed_by(issuer, ark, issuer_role.value)
+    check_signed_by(vek, issuer, want.value)
+    info = vek_info(vek)
+    _CHAIN_CACHE[key] = info
+    if len(_CHAIN_CACHE) > _CHAIN_CACHE_SIZE:
+        _CHAIN_CACHE.popitem(last=False)
+    return info
 
 
 def _pick_vek(
