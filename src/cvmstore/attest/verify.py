@@ -63,24 +63,41 @@ class Trust:
         return Trust({**self.pins, spki_sha256(ark): product})
 
 
-@dataclass(frozen=True, slots=True)
 class VerifiedReport:
     """A report whose signature, chain, TCB and chip binding were verified.
 
-    Only `verify_report` makes these.
+    Only `verify_report` makes these: the constructor refuses, the object is read-only, and
+    it is not a dataclass (so `dataclasses.replace` cannot wrap an altered report in one).
     """
 
+    __slots__ = ("ark_sha256", "product", "report", "signing_key", "vek", "verified_at")
     report: AttestationReport
     product: Product
     signing_key: SigningKey
     vek: VekInfo
     ark_sha256: str
     verified_at: datetime
-    _token: object = field(repr=False, compare=False)
 
-    def __post_init__(self) -> None:
-        if self._token is not _TOKEN:
+    def __init__(self) -> None:
+        raise TypeError("a VerifiedReport comes from verify_report() only")
+
+    @classmethod
+    def _issue(cls, token: object, **fields: object) -> VerifiedReport:
+        if token is not _TOKEN:
             raise TypeError("a VerifiedReport comes from verify_report() only")
+        made = object.__new__(cls)
+        for name, value in fields.items():
+            object.__setattr__(made, name, value)
+        return made
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("a VerifiedReport is read-only")
+
+    def __repr__(self) -> str:
+        return (
+            f"VerifiedReport({self.product.value}, {self.signing_key.name}, "
+            f"measurement={self.report.measurement.hex()[:16]}...)"
+        )
 
 
 def verify_report(
@@ -156,7 +173,15 @@ def verify_report(
     _check_tcb(report, info)
     if want is CertRole.VCEK:
         _check_chip(report, info)
-    return VerifiedReport(report, product, signer, info, pin, now, _TOKEN)
+    return VerifiedReport._issue(
+        _TOKEN,
+        report=report,
+        product=product,
+        signing_key=signer,
+        vek=info,
+        ark_sha256=pin,
+        verified_at=now,
+    )
 
 
 def _verified_chain(
