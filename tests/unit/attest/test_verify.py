@@ -32,7 +32,7 @@ def test_a_verified_report_cannot_be_made_or_changed_by_hand(vectors_dir: Path) 
     with pytest.raises(TypeError):
         dataclasses.replace(verified, report=other)  # type: ignore[type-var]
     with pytest.raises(AttributeError, match="read-only"):
-        verified.report = other  # type: ignore[misc]
+        verified.report = other
     with pytest.raises(TypeError, match="verify_report"):
         VerifiedReport._issue(object(), report=other)
     assert verified.report is report
