@@ -300,7 +300,7 @@ class _Reader:
         schema = self.integer("schema", data.get("schema", SCHEMA_VERSION))
         if schema != SCHEMA_VERSION:
             raise UnsupportedVersionError(
-                f"{self.source}: schema: version {schema} is not supported"
+                f"{self.source}: schema: version {_show(schema)} is not supported"
                 f" (this code reads {SCHEMA_VERSION})"
             )
         args: dict[str, object] = {}

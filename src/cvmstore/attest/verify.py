@@ -42,7 +42,7 @@ from cvmstore.errors import (
 __all__ = ["Trust", "VerifiedReport", "find_offline_vcek", "verify_report"]
 
 _TOKEN = object()  # only verify_report holds it, so only it can make a VerifiedReport
-_CHAIN_CACHE: OrderedDict[tuple[bytes, ...], VekInfo] = OrderedDict()
+_CHAIN_CACHE: OrderedDict[tuple[x509.Certificate, ...], VekInfo] = OrderedDict()
 _CHAIN_CACHE_SIZE = 64
 
 
@@ -137,7 +137,7 @@ def verify_report(
     if not veks:
         raise CertificateChainError(f"no {want.value} certificate was given", check="vek")
     vek = _pick_vek(veks, report, want)
-    product = report.product or vek_info(vek).product
+    product = report.product or _vek_info_cached(vek).product
     issuer_role = CertRole.ASK if want is CertRole.VCEK else CertRole.ASVK
     issuers = [
         (cert, role[1])
@@ -198,7 +198,7 @@ def _verified_chain(
     (keyed by the certificates' exact signed bytes and signatures); validity periods, the
     pin, the report signature, TCB and chip are checked on every call.
     """
-    key = tuple(part for c in (ark, issuer, vek) for part in (c.tbs_certificate_bytes, c.signature))
+    key = (ark, issuer, vek)  # certificates compare and hash by their exact DER bytes
     found = _CHAIN_CACHE.get(key)
     if found is not None:
         _CHAIN_CACHE.move_to_end(key)
@@ -279,3 +279,16 @@ def find_offline_vcek(root: Path, report: AttestationReport) -> list[x509.Certif
             except FormatError as exc:
                 raise CertificateChainError(f"{candidate}: {exc}", check="vek") from None
     return []
+
+
+_VEK_INFO_CACHE: OrderedDict[x509.Certificate, VekInfo] = OrderedDict()
+
+
+def _vek_info_cached(vek: x509.Certificate) -> VekInfo:
+    """`vek_info`, remembered per certificate (a v2 report names its product only there)."""
+    found = _VEK_INFO_CACHE.get(vek)
+    if found is None:
+        found = _VEK_INFO_CACHE[vek] = vek_info(vek)
+        if len(_VEK_INFO_CACHE) > _CHAIN_CACHE_SIZE:
+            _VEK_INFO_CACHE.popitem(last=False)
+    return found
