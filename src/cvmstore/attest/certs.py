@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.utils import CryptographyDeprecationWarning
@@ -88,11 +88,18 @@ def load_certificates(data: bytes) -> list[x509.Certificate]:
                 certs = x509.load_pem_x509_certificates(data)
             else:
                 certs = [x509.load_der_x509_certificate(data)]
-        except ValueError as exc:
+            # Parse the lazily parsed parts now, while the warning is silenced, so that a
+            # malformed one is a FormatError here rather than a ValueError during verification.
+            for cert in certs:
+                _ = cert.serial_number, cert.extensions, cert.subject, cert.issuer
+                cert.public_key()
+        except (
+            ValueError,
+            x509.InvalidVersion,
+            x509.DuplicateExtension,
+            UnsupportedAlgorithm,
+        ) as exc:
             raise FormatError(f"not a certificate (DER or PEM): {exc}") from None
-        # Touch the lazily parsed fields now, while the warning is silenced.
-        for cert in certs:
-            _ = cert.serial_number, cert.extensions
     return certs
 
 
@@ -138,6 +145,12 @@ def check_signed_by(cert: x509.Certificate, issuer: x509.Certificate, what: str)
         raise CertificateChainError(f"{what}: the issuer's key is not RSA", check="chain")
     if cert.signature_algorithm_oid != x509.SignatureAlgorithmOID.RSASSA_PSS:
         raise CertificateChainError(f"{what}: not signed with RSASSA-PSS", check="chain")
+    outer, inner = _signature_algorithms(cert)
+    if outer != inner:
+        # RFC 5280 4.1.1.2: the unsigned signatureAlgorithm must equal the signed one.
+        raise CertificateChainError(
+            f"{what}: the signature algorithm differs from the signed one", check="chain"
+        )
     try:
         key.verify(cert.signature, cert.tbs_certificate_bytes, _PSS, hashes.SHA384())
     except InvalidSignature:
@@ -157,6 +170,30 @@ def check_validity(cert: x509.Certificate, now: datetime, what: str) -> None:
         raise CertificateChainError(
             f"{what} expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC", check="validity"
         )
+
+
+def _der_element(data: bytes, at: int) -> tuple[int, int]:
+    """(start of the contents, end) of the DER element at `at` (the DER is known to parse)."""
+    length = data[at + 1]
+    start = at + 2
+    if length & 0x80:
+        start += length & 0x7F
+        length = int.from_bytes(data[at + 2 : start], "big")
+    return start, start + length
+
+
+def _signature_algorithms(cert: x509.Certificate) -> tuple[bytes, bytes]:
+    """(signatureAlgorithm outside the signed part, signature inside it), as DER."""
+    der = cert.public_bytes(serialization.Encoding.DER)
+    tbs = cert.tbs_certificate_bytes
+    outer_at = _der_element(der, 0)[0] + len(tbs)
+    outer = der[outer_at : _der_element(der, outer_at)[1]]
+    at = _der_element(tbs, 0)[0]
+    if tbs[at] == 0xA0:  # [0] EXPLICIT version
+        at = _der_element(tbs, at)[1]
+    at = _der_element(tbs, at)[1]  # serialNumber
+    inner = tbs[at : _der_element(tbs, at)[1]]
+    return outer, inner
 
 
 @dataclass(frozen=True, slots=True)
