@@ -1,0 +1,1 @@
+"""IGVM files and the SEV-SNP launch measurement they produce (stands alone)."""
