@@ -9,8 +9,8 @@ and must fail; no case may be accepted and no case may raise anything but the ty
   each flip whether decoding must refuse it (`UnsupportedVersionError` for a version other
   than 2-5; `FormatError` for reserved bytes, the reserved bytes of a TCB, policy bits 17 and
   26-63, the signature algorithm, a KEY_INFO with reserved bits or an unknown key) or whether
-  it decodes and `verify_report` must raise `ReportSignatureError`: 3533 signature, 31
-  version, 1812 format. The VLEK and ASVK are offered too (at a clock when the VLEK was
+  it decodes and `verify_report` must raise `ReportSignatureError`: 3503 signature, 31
+  version, 1812 format, 30 vmpl (a VMPL above 3 is a host-requested report). The VLEK and ASVK are offered too (at a clock when the VLEK was
   valid), so a flip that makes KEY_INFO name the VLEK also ends at the signature.
 - signature (0x2A0-0x49F): every bit of every byte, 512 x 8 = 4096 cases: the 48 used bytes
   of R and of S give `ReportSignatureError` (768), their 24 zero bytes each and the 368
@@ -80,7 +80,7 @@ FIELDS: list[tuple[str, int, int, str]] = [
     ("POLICY", 0x008, 8, "policy"),
     ("FAMILY_ID", 0x010, 16, "signed"),
     ("IMAGE_ID", 0x020, 16, "signed"),
-    ("VMPL", 0x030, 4, "signed"),
+    ("VMPL", 0x030, 4, "vmpl"),
     ("SIGNATURE_ALGO", 0x034, 4, "sigalgo"),
     ("CURRENT_TCB", 0x038, 8, "tcb"),
     ("PLATFORM_INFO", 0x040, 8, "signed"),
@@ -121,6 +121,8 @@ def expected_flip(kind: str, index: int, flipped_field: bytes) -> str:
         return "signature" if known and value >> 2 & 7 != 7 else "format"
     if kind == "tcb":
         return "format" if 2 <= index <= 5 else "signature"
+    if kind == "vmpl":  # above 3 it is a host-requested report, refused before the signature
+        return "signature" if value <= 3 else "AttestationError:vmpl"
     if kind in {"reserved", "sigalgo"}:
         return "format"
     assert kind == "signed"
@@ -225,7 +227,12 @@ def test_every_bit_of_the_signed_part(evidence: Evidence) -> None:
         print(f"  {name}: {dict(counts)}")
     print(f"report body flips: {sum(outcomes.values())} cases, {dict(outcomes)}")
     assert not wrong, mismatches(wrong)
-    assert outcomes == {"signature": 3533, "version": 31, "format": 1812}
+    assert outcomes == {
+        "signature": 3503,
+        "version": 31,
+        "format": 1812,
+        "AttestationError:vmpl": 30,
+    }
     # Every field had at least one flip caught by the signature or by the decoder.
     assert all(
         sum(counts.values()) == 8 * size
@@ -411,7 +418,12 @@ def test_swapped_certificates(evidence: Evidence) -> None:
         ("Trustee report, Azure's VCEK", trustee, [azure_vcek, *milan], "signature"),
         ("Trustee report, invalid legacy VCEK", trustee, [legacy, *milan], "chain"),
         ("Trustee report, invalid new VCEK", trustee, [new, *milan], "chain"),
-        ("Trustee report, the Turin VCEK", trustee, [turin_vcek, *every_root], "signature"),
+        (
+            "Trustee report, the Turin VCEK",
+            trustee,
+            [turin_vcek, *every_root],
+            "tcb",
+        ),  # a Milan-layout report on a Turin chain
         ("Trustee report, the ASVK for the ASK", trustee, [e.vcek, e.asvk, e.ark], "chain"),
         ("VLEK report, Trustee's VCEK for the VLEK", vlek, [e.vcek, *milan], "vek"),
         ("VLEK report, the ASK for the ASVK", vlek, [e.vlek, e.ask, e.ark], "chain"),

@@ -7,6 +7,7 @@ report (the KBS) takes that type and cannot be handed an unchecked one by mistak
 
 from __future__ import annotations
 
+import dataclasses
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -126,9 +127,17 @@ def verify_report(
     """
     trust = trust or Trust()
     now = now or datetime.now(UTC)
+    if now.tzinfo is None:
+        raise ValueError("now must be a timezone-aware datetime")
     signer = report.key_info.signing_key
     if signer is SigningKey.NONE:
         raise AttestationError("the report is not signed (SIGNING_KEY = none)", check="signing-key")
+    if report.vmpl > 3:
+        # ABI: a report the host requested (SNP_HV_REPORT_REQ) has VMPL 0xFFFFFFFF and binds
+        # no guest data, so it is never evidence of a guest.
+        raise AttestationError(
+            f"VMPL {report.vmpl:#x}: a host-requested report binds no guest data", check="vmpl"
+        )
     want = CertRole.VCEK if signer is SigningKey.VCEK else CertRole.VLEK
     roles = [(cert, role_of(cert)) for cert in certificates]
     veks = [cert for cert, role in roles if role is not None and role[0] is want]
@@ -136,33 +145,21 @@ def verify_report(
         veks = find_offline_vcek(vcek_store, report)
     if not veks:
         raise CertificateChainError(f"no {want.value} certificate was given", check="vek")
-    vek = _pick_vek(veks, report, want)
-    product = report.product or _vek_info_cached(vek).product
+    first_error: CertificateChainError | None = None
+    for vek in _rank_veks(veks, report):
+        try:
+            ark, issuer, product, info = _chain_for(vek, roles, report, want, trust)
+            break
+        except CertificateChainError as exc:
+            first_error = first_error or exc
+    else:
+        raise first_error or CertificateChainError("no usable chain", check="chain")
     issuer_role = CertRole.ASK if want is CertRole.VCEK else CertRole.ASVK
-    issuers = [
-        (cert, role[1])
-        for cert, role in roles
-        if role is not None and role[0] is issuer_role and product in (None, role[1])
-    ]
-    if not issuers:
-        what = "ASK" if issuer_role is CertRole.ASK else "ASVK"
-        raise CertificateChainError(f"no {what} certificate was given", check="chain")
-    issuer, issuer_product = issuers[0]
-    product = product or issuer_product
-    arks = [
-        cert
-        for cert, role in roles
-        if role is not None and role[0] is CertRole.ARK and role[1] is product
-    ]
-    if not arks or product is None:
-        raise CertificateChainError("no ARK certificate for the product was given", check="chain")
-    ark = arks[0]
     pin = spki_sha256(ark)
-    if trust.pins.get(pin) is not product:
+    if report.turin_layout != product.turin_layout:
         raise CertificateChainError(
-            f"the ARK {pin[:16]}... is not a trusted root for {product.value}", check="root"
+            f"the report's TCB layout does not match its {product.value} chain", check="tcb"
         )
-    info = _verified_chain(ark, issuer, vek, issuer_role, want)
     for cert, what in (
         (ark, "the ARK"),
         (issuer, f"the {issuer_role.value}"),
@@ -202,7 +199,7 @@ def _verified_chain(
     found = _CHAIN_CACHE.get(key)
     if found is not None:
         _CHAIN_CACHE.move_to_end(key)
-        return found
+        return dataclasses.replace(found, spl=dict(found.spl))  # callers get their own copy
     check_signed_by(ark, ark, "ARK")
     check_signed_by(issuer, ark, issuer_role.value)
     check_signed_by(vek, issuer, want.value)
@@ -210,18 +207,81 @@ def _verified_chain(
     _CHAIN_CACHE[key] = info
     if len(_CHAIN_CACHE) > _CHAIN_CACHE_SIZE:
         _CHAIN_CACHE.popitem(last=False)
-    return info
+    return dataclasses.replace(info, spl=dict(info.spl))
 
 
-def _pick_vek(
-    veks: list[x509.Certificate], report: AttestationReport, want: CertRole
-) -> x509.Certificate:
-    if want is CertRole.VCEK and len(veks) > 1:
-        for cert in veks:
-            hw_id = vek_info(cert).hw_id
-            if hw_id and report.chip_id.startswith(hw_id):
-                return cert
-    return veks[0]
+def _rank_veks(veks: list[x509.Certificate], report: AttestationReport) -> list[x509.Certificate]:
+    """The candidate VEKs, most likely first.
+
+    First those whose certified TCB and (for a VCEK) chip match the report; unreadable ones
+    last, so they fail with their own reason only when nothing else works.
+    """
+
+    def rank(cert: x509.Certificate) -> tuple[int, int]:
+        try:
+            info = _vek_info_cached(cert)
+        except CertificateChainError:
+            return (2, 2)
+        reported = report.reported_tcb.components()
+        tcb = all(info.spl.get(name) == level for name, level in reported.items())
+        chip = info.hw_id is None or report.chip_id.startswith(info.hw_id)
+        return (0 if tcb else 1, 0 if chip else 1)
+
+    return sorted(veks, key=rank)
+
+
+def _chain_for(
+    vek: x509.Certificate,
+    roles: list[tuple[x509.Certificate, tuple[CertRole, Product | None] | None]],
+    report: AttestationReport,
+    want: CertRole,
+    trust: Trust,
+) -> tuple[x509.Certificate, x509.Certificate, Product, VekInfo]:
+    """(ARK, issuer, product, VEK facts) of the first chain that verifies for `vek`.
+
+    Every ASK or ASVK and every pinned ARK given is tried, so an extra certificate with the
+    right name (a stale one, or junk) cannot hide the genuine one.
+    """
+    product = report.product or _vek_info_cached(vek).product
+    issuer_role = CertRole.ASK if want is CertRole.VCEK else CertRole.ASVK
+    issuers = [
+        (cert, role[1])
+        for cert, role in roles
+        if role is not None and role[0] is issuer_role and product in (None, role[1])
+    ]
+    if not issuers:
+        what = "ASK" if issuer_role is CertRole.ASK else "ASVK"
+        raise CertificateChainError(f"no {what} certificate was given", check="chain")
+    first_error: CertificateChainError | None = None
+    for issuer, issuer_product in issuers:
+        chain_product = product or issuer_product
+        arks = [
+            cert
+            for cert, role in roles
+            if role is not None and role[0] is CertRole.ARK and role[1] is chain_product
+        ]
+        pinned = [a for a in arks if trust.pins.get(spki_sha256(a)) is chain_product]
+        if chain_product is None or not arks:
+            error = CertificateChainError(
+                "no ARK certificate for the product was given", check="chain"
+            )
+        elif not pinned:
+            pin = spki_sha256(arks[0])
+            error = CertificateChainError(
+                f"the ARK {pin[:16]}... is not a trusted root for {chain_product.value}",
+                check="root",
+            )
+        else:
+            for ark in pinned:
+                try:
+                    info = _verified_chain(ark, issuer, vek, issuer_role, want)
+                except CertificateChainError as exc:
+                    first_error = first_error or exc
+                    continue
+                return ark, issuer, chain_product, info
+            continue
+        first_error = first_error or error
+    raise first_error or CertificateChainError("no usable chain", check="chain")
 
 
 def _check_signature(report: AttestationReport, vek: x509.Certificate) -> None:
