@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from cvmstore.bench import block, fs, snp, store
+from cvmstore.bench import block, fs, igvm, snp, store
 from cvmstore.bench._harness import BenchConfig as BenchConfig
 from cvmstore.bench._harness import Figure as Figure
 from cvmstore.bench._harness import Report as Report
@@ -20,4 +20,5 @@ SUITES: dict[str, tuple[str, Callable[[BenchConfig], Report]]] = {
     "store": ("the secure store against raw file I/O with the same fsync cadence", store.run),
     "fs": ("the filesystem against the host filesystem doing the same work", fs.run),
     "snp": ("SEV-SNP report verification against a bare ECDSA P-384 verify", snp.run),
+    "igvm": ("the SNP launch digest of an IGVM file against bare SHA-384 per page", igvm.run),
 }
