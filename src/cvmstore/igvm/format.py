@@ -15,6 +15,7 @@ refused otherwise.
 
 from __future__ import annotations
 
+import bisect
 import enum
 import struct
 import zlib
@@ -42,6 +43,7 @@ FIXED_HEADER_SIZE = 24
 OPTIONAL_BIT = 0x8000_0000
 PAGE_SIZE = 0x1000
 LARGE_PAGE = 0x20_0000
+MAX_PARAMETER_AREA = 1 << 32  # usages address an area with u32 byte offsets
 _FIXED = struct.Struct("<IIIIII")
 _RECORD = struct.Struct("<II")
 
@@ -321,9 +323,11 @@ def parse_igvm(data: bytes) -> IgvmFile:
         raise FormatError(f"an IGVM file is at least {FIXED_HEADER_SIZE} bytes", offset=0)
     magic, version, vh_offset, vh_size, total, checksum = _FIXED.unpack_from(data, 0)
     if magic != MAGIC:
-        raise NotAnImageError("not an IGVM file (no IGVM magic)")
+        raise NotAnImageError("not an IGVM file (no IGVM magic)", offset=0)
     if version != 1:
-        raise UnsupportedVersionError(f"IGVM format version {version} is not supported (1)")
+        raise UnsupportedVersionError(
+            f"IGVM format version {version} is not supported (1)", offset=4
+        )
     if total != len(data):
         raise FormatError(
             f"the header says {total} bytes but the file has {len(data)}", offset=0x10
@@ -352,7 +356,8 @@ class _Reader:
         self.platform_types: set[int] = set()
         self.areas: dict[int, int] = {}  # parameter area index -> size, until inserted
         self.inserted: set[int] = set()
-        self.pages: dict[tuple[int, int], int] = {}  # (platform bit, page number) -> offset
+        # platform bit -> the GPA ranges placed so far: sorted, disjoint (start, end, offset)
+        self.placed: dict[int, list[tuple[int, int, int]]] = {}
 
     def read(self) -> IgvmFile:
         headers: list[Header] = []
@@ -469,8 +474,10 @@ class _Reader:
             int(f["parameter_area_index"]),
             int(f["file_offset"]),
         )
-        if size == 0 or size % PAGE_SIZE:
-            raise FormatError("a parameter area is a whole number of pages", offset=offset)
+        if size == 0 or size % PAGE_SIZE or size > MAX_PARAMETER_AREA:
+            raise FormatError(
+                "a parameter area is a whole number of pages, at most 4 GiB", offset=offset
+            )
         if index in self.areas or index in self.inserted:
             raise FormatError(f"parameter area {index} is declared twice", offset=offset)
         self.areas[index] = size
@@ -510,29 +517,42 @@ class _Reader:
     check_corim_signature = check_corim_document
 
     def claim_pages(self, mask: int, gpa: int, size: int, offset: int) -> None:
-        """Refuse a page that another record already placed for the same platform."""
+        """Refuse a page that another record already placed for the same platform.
+
+        Ranges, not pages, are kept, so a large page or parameter area costs one entry.
+        """
+        end = gpa + size
         for bit in range(32):
             if not mask >> bit & 1:
                 continue
-            for page in range(gpa // PAGE_SIZE, (gpa + size) // PAGE_SIZE):
-                earlier = self.pages.setdefault((bit, page), offset)
-                if earlier != offset:
-                    raise FormatError(
-                        f"page {page * PAGE_SIZE:#x} overlaps the one placed by the record "
-                        f"at {earlier:#x}",
-                        offset=offset,
-                    )
+            ranges = self.placed.setdefault(bit, [])
+            # The first range ending above gpa; ends rise with starts, the ranges being disjoint.
+            at = bisect.bisect_right(ranges, gpa, key=lambda placed: placed[1])
+            if at < len(ranges) and ranges[at][0] < end:
+                start, _, earlier = ranges[at]
+                raise FormatError(
+                    f"page {max(start, gpa):#x} overlaps the one placed by the record "
+                    f"at {earlier:#x}",
+                    offset=offset,
+                )
+            ranges.insert(at, (gpa, end, offset))
 
     def file_data(self, file_offset: int, size: int, offset: int) -> bytes:
         """`size` bytes at `file_offset`, which must lie in the file-data section.
 
-        The reference parser zero-pads page data that ends with the file; so does this.
+        Data that the end of the file cuts short is zero-padded by less than a page (a last
+        page stored short); data missing a whole page or more is refused.
         """
         if file_offset < self.end or file_offset >= len(self.data):
             raise FormatError(
                 f"file offset {file_offset:#x} is outside the file data", offset=offset
             )
         chunk = self.data[file_offset : file_offset + size]
+        if size - len(chunk) >= PAGE_SIZE:
+            raise FormatError(
+                f"{size:#x} bytes at file offset {file_offset:#x} run past the end of the file",
+                offset=offset,
+            )
         return chunk + bytes(size - len(chunk))
 
 
@@ -609,7 +629,9 @@ class IgvmBuilder:
         )
 
     def parameter_area(self, index: int, size: int, initial: bytes | None = None) -> IgvmBuilder:
-        """A PARAMETER_AREA declaration."""
+        """A PARAMETER_AREA declaration; `initial` is zero-padded to `size`."""
+        if initial is not None:
+            initial = initial.ljust(size, b"\0")
         return self.add(
             HeaderType.PARAMETER_AREA, initial, number_of_bytes=size, parameter_area_index=index
         )
