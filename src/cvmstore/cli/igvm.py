@@ -353,7 +353,7 @@ def _summary(header: Header, platforms: dict[int, str]) -> str:
     return ", ".join(f"{name} {value!r}" for name, value in f.items())  # pragma: no cover
 
 
-def _vmsa_summary(vmsa: bytes) -> str:
+def _vmsa_summary(vmsa: bytes | memoryview) -> str:
     (efer,) = struct.unpack_from("<Q", vmsa, 0xD0)
     (cr0,) = struct.unpack_from("<Q", vmsa, 0x158)
     (rip,) = struct.unpack_from("<Q", vmsa, 0x178)

@@ -76,13 +76,16 @@ class Measurement:
 class _Chain:
     def __init__(self) -> None:
         self.digest = _ZERO48
-        self.result = Measurement(_ZERO48)
+        self.counts = [0] * 7  # pages by PageType value
 
-    def page(self, gpa: int, kind: PageType, contents: bytes = _ZERO48) -> None:
-        info = _PAGE_INFO.pack(self.digest, contents, _PAGE_INFO.size, kind, 0, bytes(4), gpa)
-        self.digest = hashlib.sha384(info).digest()
-        self.result.pages += 1
-        self.result.by_type[kind.name] = self.result.by_type.get(kind.name, 0) + 1
+    def page(self, gpa: int, kind: int, contents: bytes = _ZERO48) -> None:
+        info = _PAGE_INFO.pack(self.digest, contents, 0x70, kind, 0, _ZERO4, gpa)
+        self.digest = _sha384(info).digest()
+        self.counts[kind] += 1
+
+    def result(self, id_block_ld: bytes | None) -> Measurement:
+        by_type = {PageType(k).name: n for k, n in enumerate(self.counts) if n}
+        return Measurement(self.digest, sum(self.counts), by_type, id_block_ld)
 
 
 def measure_snp(
@@ -103,8 +106,13 @@ def measure_snp(
     chain = _Chain()
     areas: dict[int, int] = {}
     vmsas = 0
+    id_block_ld: bytes | None = None
     for header in igvm.directives():
-        if header.kind is HeaderType.PARAMETER_AREA:
+        kind = header.kind
+        if kind is _PAGE_DATA and not vmsas and header.applies_to(mask):
+            _page_data(chain, header, style=style, native_zero=native_zero)
+            continue
+        if kind is _PARAMETER_AREA:
             areas[header.number("parameter_area_index")] = header.number("number_of_bytes")
             continue
         if not header.applies_to(mask):
@@ -131,18 +139,21 @@ def measure_snp(
             chain.page(header.number("gpa"), PageType.VMSA, hashlib.sha384(vmsa).digest())
         elif header.kind is HeaderType.SNP_ID_BLOCK:
             ld = header.fields["ld"]
-            chain.result.id_block_ld = ld if isinstance(ld, bytes) else None
-    chain.result.digest = chain.digest
-    return chain.result
+            id_block_ld = ld if isinstance(ld, bytes) else None
+    return chain.result(id_block_ld)
 
 
 def _page_data(chain: _Chain, header: Header, *, style: Style, native_zero: bool) -> None:
-    flags = header.number("flags")
-    if flags & PageDataFlags.SHARED and style == "igvm":
+    fields = header.fields
+    flags = int(fields["flags"])
+    gpa = int(fields["gpa"])
+    data_type = int(fields["data_type"])
+    if not flags and data_type == _NORMAL and header.data:  # the common case, kept short
+        chain.page(gpa, _PT_NORMAL, _sha384(header.data).digest())
+        return
+    if flags & _SHARED and style == "igvm":
         return  # host-visible: not part of the launch measurement
-    size = LARGE_PAGE if flags & PageDataFlags.IS_2MB_PAGE else PAGE_SIZE
-    gpa = header.number("gpa")
-    data_type = header.number("data_type")
+    size = LARGE_PAGE if flags & _LARGE else PAGE_SIZE
     for k in range(size // PAGE_SIZE):
         at = gpa + k * PAGE_SIZE
         if data_type == PageDataType.SECRETS:
@@ -159,7 +170,7 @@ def _page_data(chain: _Chain, header: Header, *, style: Style, native_zero: bool
             chain.page(at, PageType.NORMAL, _ZERO_PAGE_SHA384)
 
 
-def _check_kvm_vmsa(header: Header, vmsa: bytes, count: int) -> None:
+def _check_kvm_vmsa(header: Header, vmsa: bytes | memoryview, count: int) -> None:
     if count > 1:
         raise FormatError("--check-kvm: more than one VMSA", offset=header.offset)
     if header.number("gpa") != KVM_VMSA_GPA:
@@ -176,3 +187,12 @@ def _check_kvm_vmsa(header: Header, vmsa: bytes, count: int) -> None:
 
 
 _ZERO_PAGE_SHA384 = hashlib.sha384(bytes(PAGE_SIZE)).digest()
+_ZERO4 = bytes(4)
+_sha384 = hashlib.sha384
+# Members bound once: attribute access on an enum class costs more than it looks, per page.
+_PAGE_DATA = HeaderType.PAGE_DATA
+_PARAMETER_AREA = HeaderType.PARAMETER_AREA
+_NORMAL = int(PageDataType.NORMAL)
+_PT_NORMAL = int(PageType.NORMAL)
+_SHARED = int(PageDataFlags.SHARED)
+_LARGE = int(PageDataFlags.IS_2MB_PAGE)
