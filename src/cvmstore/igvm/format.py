@@ -239,6 +239,20 @@ _DATA_TYPES = frozenset(int(t) for t in PageDataType)
 _PLATFORM_TYPES = frozenset(int(p) for p in PlatformType)
 _SUPPORTED_PLATFORM = HeaderType.SUPPORTED_PLATFORM
 _FLAG_2MB = int(PageDataFlags.IS_2MB_PAGE)
+_PAGE_DATA_CODE = int(HeaderType.PAGE_DATA)
+_LAST_INITIALIZATION = 0x200  # known types above this are directives
+_PAGE_DATA_BODY = _STRUCTS[HeaderType.PAGE_DATA].size
+_PAGE_RECORD = struct.Struct("<IIQIIIHH")  # a whole PAGE_DATA record: type, length, body
+
+
+def _bits_of(mask: int) -> list[int]:
+    """The set bits of a compatibility mask, each as a one-bit mask."""
+    bits = []
+    while mask:
+        low = mask & -mask
+        bits.append(low)
+        mask ^= low
+    return bits
 
 
 class Section(enum.IntEnum):
@@ -318,7 +332,7 @@ class IgvmFile:
 
     def directives(self) -> Iterator[Header]:
         """The directive-section headers, in file order."""
-        return (h for h in self.headers if section_of(int(h.kind)) is Section.DIRECTIVE)
+        return (h for h in self.headers if h.kind > _LAST_INITIALIZATION)
 
 
 def parse_igvm(data: bytes) -> IgvmFile:
@@ -404,6 +418,9 @@ class _Reader:
                     offset=offset,
                 )
             section = where
+            if kind == _PAGE_DATA_CODE and length == _PAGE_DATA_BODY:
+                offset = self.page_run(offset, headers)
+                continue
             known = _KNOWN_TYPES.get(kind)
             if known is None:
                 if kind & OPTIONAL_BIT:
@@ -418,6 +435,68 @@ class _Reader:
         if offset != self.end:
             raise FormatError("the last record does not end the variable headers", offset=offset)
         return IgvmFile(self.version, headers, len(self.data), skipped)
+
+    def page_run(self, offset: int, headers: list[Header]) -> int:
+        """Read a run of plain PAGE_DATA records from `offset`; return where the run ends.
+
+        The common case of a large file, kept flat: one `iter_unpack` over the run and the
+        checks of `record` and `check_page_data` inlined. Any record that is not a plain,
+        valid, 4 KiB page with whole data goes through `record`, which applies every rule
+        and raises the precise error.
+        """
+        data, view, end, total = self.data, self.view, self.end, len(self.data)
+        bits, placed = self.platform_bits, self.placed
+        size = _PAGE_RECORD.size
+        at = offset
+        limit = offset + (end - offset) // size * size
+        for (
+            kind,
+            length,
+            gpa,
+            mask,
+            file_offset,
+            flags,
+            dtype,
+            reserved,
+        ) in _PAGE_RECORD.iter_unpack(view[offset:limit]):
+            if kind != _PAGE_DATA_CODE or length != _PAGE_DATA_BODY:
+                break  # the run ends; `read` takes the next record
+            body = data[at + 8 : at + size]
+            plain = (
+                not reserved
+                and not flags
+                and dtype in _DATA_TYPES
+                and mask
+                and not mask & ~bits
+                and not gpa % PAGE_SIZE
+                and end <= file_offset <= total - PAGE_SIZE
+            )
+            if plain:
+                if mask & (mask - 1):  # several platforms share the page
+                    lows = _bits_of(mask)
+                    plain = all(not (r := placed.get(low)) or r[-1][1] <= gpa for low in lows)
+                else:
+                    lows = [mask]
+                    ranges = placed.get(mask)
+                    plain = not ranges or ranges[-1][1] <= gpa
+            if not plain:  # anything unusual: every rule, and the precise error
+                headers.append(self.record(HeaderType.PAGE_DATA, at, body))
+                at += size
+                continue
+            for low in lows:
+                placed.setdefault(low, []).append((gpa, gpa + PAGE_SIZE, at))
+            fields: dict[str, int | bytes] = {
+                "gpa": gpa,
+                "compatibility_mask": mask,
+                "file_offset": file_offset,
+                "flags": 0,
+                "data_type": dtype,
+                "reserved": 0,
+            }
+            page = view[file_offset : file_offset + PAGE_SIZE]
+            headers.append(Header(HeaderType.PAGE_DATA, at, fields, body, page))
+            at += size
+        return at
 
     def record(self, kind: HeaderType, offset: int, body: bytes) -> Header:
         layout = _STRUCTS[kind]

@@ -107,10 +107,24 @@ def measure_snp(
     areas: dict[int, int] = {}
     vmsas = 0
     id_block_ld: bytes | None = None
+    pack, sha384 = _PAGE_INFO.pack, _sha384
     for header in igvm.directives():
         kind = header.kind
-        if kind is _PAGE_DATA and not vmsas and header.applies_to(mask):
-            _page_data(chain, header, style=style, native_zero=native_zero)
+        if kind is _PAGE_DATA and not vmsas:
+            fields = header.fields
+            if (
+                not fields["flags"]
+                and fields["data_type"] == _NORMAL
+                and header.data
+                and int(fields["compatibility_mask"]) & mask == mask
+            ):  # a plain page with data, the bulk of any file: inlined
+                contents = sha384(header.data).digest()
+                info = pack(chain.digest, contents, 0x70, _PT_NORMAL, 0, _ZERO4, fields["gpa"])
+                chain.digest = sha384(info).digest()
+                chain.counts[_PT_NORMAL] += 1
+                continue
+            if header.applies_to(mask):
+                _page_data(chain, header, style=style, native_zero=native_zero)
             continue
         if kind is _PARAMETER_AREA:
             areas[header.number("parameter_area_index")] = header.number("number_of_bytes")
