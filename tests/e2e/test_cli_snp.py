@@ -7,7 +7,9 @@ check.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,12 +17,13 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
 from cvmstore.attest.certs import load_certificates
 from cvmstore.attest.evidence import aproxy_evidence, cert_table_for, trustee_evidence
-from cvmstore.attest.report import SigningKey, load_report
+from cvmstore.attest.report import SIGNED_SIZE, SigningKey, load_report
 from cvmstore.attest.simulator import Simulator
 from cvmstore.attest.tcb import Product
 from tests.e2e.test_cli_image import cvmstore, fails, ok
@@ -227,6 +230,52 @@ def test_verify_report_data_and_policy(snp: Path, tmp_path: Path) -> None:
     fails(cvmstore(*args, "--policy", broken), 3, "broken.toml")
 
 
+@pytest.mark.parametrize("policy", [False, True], ids=["alone", "with a policy"])
+def test_a_report_data_mismatch_gives_away_no_part_of_the_expected_value(
+    snp: Path, tmp_path: Path, policy: bool
+) -> None:
+    """The binding may be a secret nonce: no message shows it, nor the report's value that
+    shares all but its last byte with it."""
+    args: list[str | Path] = ["snp", "verify", snp / MILAN_V2, "--vek"]
+    args += [snp / "trustee/milan-v2-vcek.der", "--chain", snp / MILAN_ROOTS]
+    if policy:
+        rules = tmp_path / "policy.toml"
+        rules.write_text("vmpl = 0\n")
+        args += ["--policy", rules]
+    expected = MILAN_V2_DATA[:-2] + "00"
+    for extra in ([], ["--json"]):
+        proc = cvmstore(*args, *extra, "--report-data", expected)
+        err = fails(proc, 33, "report-data", "REPORT_DATA does not match")
+        shown = err + proc.stdout.decode()
+        assert not re.search(r"[0-9a-f]{8}", shown.replace(str(snp), "")), shown
+        if extra:
+            assert json.loads(proc.stdout)["check"] == "report-data"
+
+
+def test_verify_refuses_a_host_requested_report(tmp_path: Path) -> None:
+    """SNP_HV_REPORT_REQ: VMPL 0xFFFFFFFF, zero REPORT_DATA, genuinely signed; no guest's."""
+    simulator = Simulator(Product.MILAN, seed="cli hv", key_size=2048)
+    genuine = simulator.report()
+    hv = bytearray(dataclasses.replace(genuine, vmpl=0xFFFFFFFF, report_data=bytes(64)).encode())
+    der = simulator._vcek.key.sign(bytes(hv[:SIGNED_SIZE]), ec.ECDSA(hashes.SHA384()))
+    r, s = decode_dss_signature(der)
+    hv[0x2A0 : 0x2A0 + 72] = r.to_bytes(72, "little")
+    hv[0x2E8 : 0x2E8 + 72] = s.to_bytes(72, "little")
+    report = tmp_path / "hv.bin"
+    report.write_bytes(bytes(hv))
+    chain = tmp_path / "chain.pem"
+    chain.write_bytes(b"".join(pem(cert) for cert in simulator.chain()))
+    ark = tmp_path / "ark.pem"
+    ark.write_bytes(pem(simulator.ark))
+    args: list[str | Path] = ["snp", "verify", report, "--chain", chain]
+    args += ["--trust-root", f"{ark}:Milan"]
+    fails(cvmstore(*args), 30, "vmpl", "host-requested")
+    fails(cvmstore(*args, "--report-data", "00"), 30, "vmpl")
+    good = tmp_path / "good.bin"
+    good.write_bytes(genuine.encode())
+    ok(cvmstore("snp", "verify", good, *args[3:]))
+
+
 def test_verify_json(snp: Path) -> None:
     args: list[str | Path] = [
         "snp",
@@ -366,6 +415,7 @@ def test_help_teaches() -> None:
         "[signature]",
         "[tcb]",
         "[chip-id]",
+        "[vmpl]",
         "[report-data]",
         "Trustee",
         "aproxy",

@@ -9,9 +9,11 @@ and must fail; no case may be accepted and no case may raise anything but the ty
   each flip whether decoding must refuse it (`UnsupportedVersionError` for a version other
   than 2-5; `FormatError` for reserved bytes, the reserved bytes of a TCB, policy bits 17 and
   26-63, the signature algorithm, a KEY_INFO with reserved bits or an unknown key) or whether
-  it decodes and `verify_report` must raise `ReportSignatureError`: 3503 signature, 31
-  version, 1812 format, 30 vmpl (a VMPL above 3 is a host-requested report). The VLEK and ASVK are offered too (at a clock when the VLEK was
-  valid), so a flip that makes KEY_INFO name the VLEK also ends at the signature.
+  it decodes and `verify_report` must raise `ReportSignatureError` (or, for a VMPL above 3,
+  which is a host-requested report, `AttestationError` "vmpl" before the signature): 3503
+  signature, 31 version, 1812 format, 30 vmpl. The VLEK and ASVK are offered too (at a clock
+  when the VLEK was valid), so a flip that makes KEY_INFO name the VLEK also ends at the
+  signature.
 - signature (0x2A0-0x49F): every bit of every byte, 512 x 8 = 4096 cases: the 48 used bytes
   of R and of S give `ReportSignatureError` (768), their 24 zero bytes each and the 368
   bytes after S give `FormatError` (3328).

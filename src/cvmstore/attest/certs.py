@@ -95,8 +95,11 @@ def load_certificates(data: bytes) -> list[x509.Certificate]:
                 cert.public_key()
         except (
             ValueError,
+            TypeError,  # a malformed TLSFeature extension
+            KeyError,  # an unknown TLSFeature value
             x509.InvalidVersion,
             x509.DuplicateExtension,
+            x509.UnsupportedGeneralNameType,
             UnsupportedAlgorithm,
         ) as exc:
             raise FormatError(f"not a certificate (DER or PEM): {exc}") from None

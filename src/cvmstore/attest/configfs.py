@@ -6,8 +6,11 @@ VMPL to `privlevel`), then read `outblob`: the kernel asks the platform for a re
 moment. For the `sev_guest` provider `outblob` is the bare attestation report (the kernel
 strips the MSG_REPORT_RSP header) and `auxblob` is the GHCB certificate table the host
 supplied with an extended guest request (empty when it supplied none). `generation` counts
-the writes to the entry; reading it before and after shows whether another writer changed the
-request while the report was made. Removing the directory frees the entry.
+the writes to the entry: it is read before our writes and again after `outblob` and `auxblob`,
+and must have grown by exactly our own writes, or another writer changed the request (its
+`privlevel`, its `inblob`) while the report was made. The report must carry the REPORT_DATA
+written and, when a `privlevel` was requested, come from that VMPL. Removing the directory
+frees the entry.
 
 An SNP report always carries 64 bytes of REPORT_DATA, so `inblob` is exactly 64 bytes here.
 """
@@ -26,6 +29,7 @@ __all__ = ["DEFAULT_ROOT", "ConfigfsTsm"]
 
 DEFAULT_ROOT = Path("/sys/kernel/config/tsm/report")
 _REPORT_DATA = slice(0x50, 0x90)  # where REPORT_DATA sits in an SNP report
+_VMPL = slice(0x30, 0x34)  # and the VMPL (u32, little-endian)
 _PRIVLEVEL_MAX = 3
 
 
@@ -61,7 +65,9 @@ class ConfigfsTsm:
 
         Raises:
             ValueError: `report_data` is not 64 bytes or `privlevel` not 0-3.
-            AttestationError: the interface is missing or failed (check "tsm").
+            AttestationError: the interface is missing or failed, another writer changed the
+                request, or the report does not carry `report_data` or comes from another
+                VMPL than `privlevel` (check "tsm").
         """
         report_data = bytes(report_data)
         if len(report_data) != 64:
@@ -96,10 +102,15 @@ class ConfigfsTsm:
                     f"the TSM provider is {provider!r}, not {self.PROVIDER!r} (not an SNP guest?)",
                     check="tsm",
                 )
+            # Every write to the entry bumps `generation`: read it before our writes and
+            # count them, so any other writer's, before or after ours, shows.
+            start = self._generation(entry)
+            writes = 0
             if privlevel is not None:
                 self._write(entry / "privlevel", f"{privlevel}\n".encode())
+                writes += 1
             self._write(entry / "inblob", report_data)
-            before = self._generation(entry)
+            writes += 1
             report = self._read(entry / "outblob")
             try:
                 table = self._read(entry / "auxblob")
@@ -110,15 +121,21 @@ class ConfigfsTsm:
             raise
         except OSError as exc:
             raise _failed(f"the report request in {entry} failed", exc) from None
-        if before != after:
+        if after != start + writes:
             raise AttestationError(
-                f"the request in {entry} was changed while the report was read "
-                f"(generation {before} -> {after})",
+                f"the request in {entry} was changed by another writer (generation {start} -> "
+                f"{after}; our {writes} write(s) account for {start + writes})",
                 check="tsm",
             )
         if report[_REPORT_DATA] != report_data:
             raise AttestationError(
                 "the report's REPORT_DATA is not the data written to inblob", check="tsm"
+            )
+        vmpl = int.from_bytes(report[_VMPL], "little")
+        if privlevel is not None and vmpl != privlevel:
+            raise AttestationError(
+                f"the report comes from VMPL {vmpl}, not the privlevel {privlevel} requested",
+                check="tsm",
             )
         return report, table
 

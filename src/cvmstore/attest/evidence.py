@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import itertools
 import json
 import struct
 import uuid
@@ -37,6 +38,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from cvmstore.attest._json import strict_json
 from cvmstore.attest.certs import CertRole, load_certificates, role_of
 from cvmstore.attest.report import REPORT_SIZE, AttestationReport, load_report
 from cvmstore.attest.tcb import TcbVersion
@@ -123,6 +125,11 @@ class CertTableEntry:
         return _ROLE_OF_GUID.get(self.guid)
 
 
+#: The most certificates evidence may carry (a GHCB table's entries, Trustee's cert_chain):
+#: real evidence has three or four, and `verify_report` tries every chain they can form.
+_MAX_ENTRIES = 32
+
+
 def read_cert_table(data: bytes) -> list[CertTableEntry]:
     """Every entry of a GHCB certificate table, known GUIDs or not, bounds-checked.
 
@@ -131,8 +138,9 @@ def read_cert_table(data: bytes) -> list[CertTableEntry]:
     to whole pages).
 
     Raises:
-        FormatError: no terminating all-zero entry, or an entry whose data lies inside the
-            entry list or beyond the buffer (with the entry's offset in the table).
+        FormatError: no terminating all-zero entry, more than 32 entries, entries that
+            overlap, or an entry whose data lies inside the entry list or beyond the buffer
+            (with the entry's offset in the table).
     """
     data = bytes(data)
     if not data:
@@ -149,8 +157,16 @@ def read_cert_table(data: bytes) -> list[CertTableEntry]:
             break
         guid, offset, length = _ENTRY.unpack(chunk)
         raw.append((position, uuid.UUID(bytes=guid), offset, length))
+        if len(raw) > _MAX_ENTRIES:
+            raise FormatError(
+                f"the certificate table has more than {_MAX_ENTRIES} entries", offset=position
+            )
         position += _ENTRY.size
     header_end = position + _ENTRY.size
+    # Overlapping entries would let a small table make many copies of one large body.
+    spans = sorted((offset, offset + length) for _, _, offset, length in raw)
+    if any(start < end for (_, end), (start, _) in itertools.pairwise(spans)):
+        raise FormatError("certificate table entries overlap")
     entries = []
     for where, guid, offset, length in raw:
         if offset < header_end:
@@ -467,7 +483,8 @@ def parse_trustee_evidence(obj: object) -> tuple[AttestationReport, list[x509.Ce
     `cert_chain` entries of other types (CRL, Empty, {"OTHER": guid}) are skipped.
 
     Raises:
-        FormatError: not this shape, or a malformed report or certificate.
+        FormatError: not this shape, a malformed report or certificate, or a `cert_chain`
+            of more than 32 entries.
     """
     fields = _mapping(obj, "evidence")
     unknown = sorted(set(fields) - {"attestation_report", "cert_chain"})
@@ -481,6 +498,8 @@ def parse_trustee_evidence(obj: object) -> tuple[AttestationReport, list[x509.Ce
         return report, []
     if not isinstance(chain, list):
         raise FormatError("evidence.cert_chain: expected a list or null")
+    if len(chain) > _MAX_ENTRIES:  # as for a GHCB table: verification tries every chain
+        raise FormatError(f"evidence.cert_chain: more than {_MAX_ENTRIES} entries")
     certs = []
     for index, item in enumerate(chain):
         where = f"evidence.cert_chain[{index}]"
@@ -578,8 +597,8 @@ def load_evidence(data: bytes) -> Evidence:
     data = bytes(data)
     if data.lstrip()[:1] == b"{":
         try:
-            obj = json.loads(data)
-        except (UnicodeDecodeError, ValueError) as exc:
+            obj = strict_json(data, "the evidence")
+        except FormatError as exc:
             raise FormatError(f"the evidence looks like JSON but is not: {exc}") from None
         if isinstance(obj, dict) and "attestation_report" in obj:
             return Evidence(*parse_trustee_evidence(obj), "trustee")

@@ -16,18 +16,23 @@ Schema (version 1). Bytes are hex strings (either case, no prefix): hexN is N by
                             list of them ("reported")
     [tcb] bootloader, tee,  integer 0-255 (0)             minimum level of that component  [tcb]
           snp, microcode
-    [tcb] fmc               integer 0-255 (0)             the same; only Turin-layout TCBs have it
+    [tcb] fmc               integer 0-255 (0)             the same; only Turin-layout TCBs have an
+                                                          FMC, so a non-zero floor fails every
+                                                          Milan or Genoa report  [tcb]
     allow_debug             bool (false)                  POLICY.DEBUG may be set  [debug]
     allow_migration_agent   bool (false)                  POLICY.MIGRATE_MA may be set  [migrate-ma]
     allow_smt               bool (true)                   if false: POLICY.SMT and PLATFORM_INFO
                                                           SMT_EN must both be clear  [smt]
     vmpl                    0-3 or a list of them (0)     VMPL is one of them (0: SVSM)  [vmpl]
-    min_guest_svn           integer 0-2^32-1 (0)          GUEST_SVN is at least this  [guest-svn]
+    min_guest_svn           integer 0-2^32-1 (0)          GUEST_SVN is at least this (ID block:
+                                                          see below)  [guest-svn]
     min_abi                 "major.minor" ("0.0")         POLICY.ABI_MAJOR.MINOR, the ABI the guest
                                                           requires of the firmware, is at least
                                                           this  [policy-abi]
-    family_ids              list of hex16 (any)           FAMILY_ID is one of them  [family-id]
-    image_ids               list of hex16 (any)           IMAGE_ID is one of them  [image-id]
+    family_ids              list of hex16 (any)           FAMILY_ID is one of them (ID block)
+                                                          [family-id]
+    image_ids               list of hex16 (any)           IMAGE_ID is one of them (ID block)
+                                                          [image-id]
     host_data               list of hex32 (any)           HOST_DATA is one of them  [host-data]
     id_key_digests          list of hex48 (any)           ID_KEY_DIGEST is one of them  [id-key]
     author_key_digests      list of hex48 (any)           AUTHOR_KEY_EN is set and AUTHOR_KEY_DIGEST
@@ -36,14 +41,27 @@ Schema (version 1). Bytes are hex strings (either case, no prefix): hexN is N by
                                                           chip ID (the rest zero)  [chip-id]
     signing_keys            list of "vcek", "vlek"        the key that signed the report
                             (both)                        [signing-key]
+    products                list of "Milan", "Genoa",     the product whose chain verified the
+                            "Turin" (any)                 report  [product]
     report_data             hex64 (none)                  REPORT_DATA equals it  [report-data]
 
 "Any" is the absence of the rule. A real deployment must list its `measurements` (a policy
 without them accepts every guest image) and should set TCB minimums; an allow-list given as
 an empty list is refused rather than read as "nothing is allowed", and so is an all-zero
 entry in `id_key_digests`, `author_key_digests` or `chip_ids` ("no key", "masked chip").
-JSON may also spell an absent allow-list or `report_data` as `null`, which is what
-`policy_to_dict` writes.
+JSON may also spell an absent allow-list, `products` or `report_data` as `null`, which is
+what `policy_to_dict` writes.
+
+GUEST_SVN, FAMILY_ID and IMAGE_ID come from the ID block, which the host supplies at launch
+and signs with an ID key of its own choosing; they mean something only when the key is
+pinned. So `min_guest_svn` (above 0), `family_ids` and `image_ids` are refused unless
+`id_key_digests` or `author_key_digests` is set too (`FormatError` from `parse_policy`,
+`ValueError` from `Policy`).
+
+TCB levels are numbered per product (Milan and Genoa have no FMC; Turin's start again at
+low numbers). A policy for one product should name it in `products`; a non-zero `tcb.fmc`
+is a Turin floor, and a report whose TCB has no FMC component fails it (check `tcb`) rather
+than skipping it.
 
 REPORT_DATA is normally the caller's binding (a nonce, the hash of a TEE public key) and is
 passed to `check_policy(..., report_data=...)`. A fixed `report_data` in the policy is for
@@ -59,7 +77,6 @@ from __future__ import annotations
 
 import difflib
 import hmac
-import json
 import os
 import re
 import tomllib
@@ -68,8 +85,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from cvmstore.attest._json import strict_json
 from cvmstore.attest.report import AttestationReport, SigningKey
-from cvmstore.attest.tcb import TcbVersion
+from cvmstore.attest.tcb import Product, TcbVersion
 from cvmstore.attest.verify import VerifiedReport
 from cvmstore.errors import FormatError, PolicyError, UnsupportedVersionError
 
@@ -98,6 +116,7 @@ TCB_COMPONENTS = ("bootloader", "tee", "snp", "microcode", "fmc")
 #: Every check `check_policy` runs, in the order it runs them.
 CHECKS = (
     "signing-key",
+    "product",
     "debug",
     "migrate-ma",
     "smt",
@@ -150,16 +169,19 @@ _TOP_KEYS = (
     "author_key_digests",
     "chip_ids",
     "signing_keys",
+    "products",
     "report_data",
 )
 _TCB_KEYS = ("which", *TCB_COMPONENTS)
+#: Rules on ID block fields: they need a pinned ID or author key.
+_ID_BLOCK_KEYS = ("min_guest_svn", "family_ids", "image_ids")
 
 
 @dataclass(frozen=True, slots=True)
 class TcbMinimum:
     """Minimum security patch level per TCB component, and which TCB values must meet them.
 
-    `fmc` applies only to Turin-layout reports; Milan and Genoa have no FMC component.
+    Milan and Genoa have no FMC component: a non-zero `fmc` fails their reports.
     """
 
     which: tuple[str, ...] = ("reported",)
@@ -209,6 +231,7 @@ class Policy:
     author_key_digests: tuple[bytes, ...] | None = None
     chip_ids: tuple[bytes, ...] | None = None
     signing_keys: tuple[SigningKey, ...] = (SigningKey.VCEK, SigningKey.VLEK)
+    products: tuple[Product, ...] | None = None
     report_data: bytes | None = None
 
     def __post_init__(self) -> None:
@@ -231,6 +254,21 @@ class Policy:
         for signer in self.signing_keys:
             if signer not in (SigningKey.VCEK, SigningKey.VLEK):
                 raise ValueError(f"signing_keys: {signer!r} is not VCEK or VLEK")
+        if self.products is not None:
+            if not self.products:
+                raise ValueError("products: expected a non-empty list")
+            for product in self.products:
+                if not isinstance(product, Product):
+                    raise TypeError(f"products: {product!r} is not a Product")
+        if not (self.id_key_digests or self.author_key_digests):
+            # The host writes and signs the ID block with a key of its choosing: its fields
+            # mean something only when the policy pins that key.
+            for key in _ID_BLOCK_KEYS:
+                if getattr(self, key):
+                    raise ValueError(
+                        f"{key}: comes from the ID block, which the host signs with a key of "
+                        "its choosing; also set id_key_digests or author_key_digests"
+                    )
         if self.report_data is not None and len(self.report_data) != _REPORT_DATA_SIZE:
             size = len(self.report_data)
             raise ValueError(
@@ -320,6 +358,8 @@ class _Reader:
             args["min_abi"] = self.abi(data["min_abi"])
         if "signing_keys" in data:
             args["signing_keys"] = self.signing_keys(data["signing_keys"])
+        if data.get("products") is not None:
+            args["products"] = self.products(data["products"])
         if data.get("report_data") is not None:
             args["report_data"] = self.hex("report_data", data["report_data"])
         try:
@@ -386,6 +426,18 @@ class _Reader:
                 )
             keys.append(key)
         return _unique(keys)
+
+    def products(self, value: object) -> tuple[Product, ...]:
+        by_name = {product.value.lower(): product for product in Product}
+        found: list[Product] = []
+        for index, item in enumerate(self.items("products", value, "product names")):
+            product = by_name.get(item.lower()) if isinstance(item, str) else None
+            if product is None:
+                raise self.error(
+                    f"products[{index}]", f'expected "Milan", "Genoa" or "Turin", not {_show(item)}'
+                )
+            found.append(product)
+        return _unique(found)
 
     def tcb(self, value: object) -> TcbMinimum:
         if not isinstance(value, Mapping):
@@ -480,18 +532,7 @@ def _decode_toml(text: str, path: Path) -> dict[str, object]:
 
 
 def _decode_json(text: str, path: Path) -> object:
-    def no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
-        table: dict[str, object] = {}
-        for key, value in pairs:
-            if key in table:
-                raise FormatError(f"{path}: {key}: the key appears twice")
-            table[key] = value
-        return table
-
-    try:
-        return json.loads(text, object_pairs_hook=no_duplicates)
-    except (ValueError, RecursionError) as exc:  # JSONDecodeError, or a number too long
-        raise FormatError(f"{path}: not valid JSON: {exc}") from None
+    return strict_json(text, str(path))
 
 
 def _cause(error: FormatError) -> str:
@@ -524,6 +565,7 @@ def policy_to_dict(policy: Policy) -> dict[str, object]:
         "author_key_digests": hexes(policy.author_key_digests),
         "chip_ids": hexes(policy.chip_ids),
         "signing_keys": [key.name.lower() for key in policy.signing_keys],
+        "products": None if policy.products is None else [p.value for p in policy.products],
         "report_data": None if policy.report_data is None else policy.report_data.hex(),
     }
 
@@ -591,6 +633,12 @@ def _failures(
             "signing-key",
             f"signed by the {verified.signing_key.name}; the policy allows {allowed}",
         )
+    if policy.products is not None and verified.product not in policy.products:
+        allowed = ", ".join(product.value for product in policy.products)
+        yield (
+            "product",
+            f"the report comes from an AMD {verified.product.value}; the policy allows {allowed}",
+        )
     if guest.debug and not policy.allow_debug:
         yield "debug", "the guest policy allows debugging (the host can read guest memory)"
     if guest.migrate_ma and not policy.allow_migration_agent:
@@ -651,7 +699,12 @@ def _tcb_failure(report: AttestationReport, minimum: TcbMinimum) -> str | None:
     floors = minimum.minimums()
     for which in minimum.which:
         value: TcbVersion = getattr(report, f"{which}_tcb")
-        for component, level in value.components().items():  # fmc only in the Turin layout
+        if floors["fmc"] and value.fmc is None:
+            return (
+                f"{which.upper()}_TCB has no FMC component; the policy requires fmc >= "
+                f"{floors['fmc']} (a Turin floor: also set products)"
+            )
+        for component, level in value.components().items():
             if level < floors[component]:
                 return (
                     f"{which.upper()}_TCB {component} is {level};"

@@ -114,16 +114,21 @@ def verify_report(
     Args:
         report: the decoded report.
         certificates: VEK, ASK or ASVK, and ARK, in any order (from the evidence, files or a
-            directory); extra certificates are ignored.
+            directory). Every candidate chain is tried, so extra certificates (stale, junk,
+            another chip's or provider's) are passed over rather than hiding the right one.
         trust: the pinned roots (AMD's by default).
-        now: the time to check validity periods against (default: the current time).
+        now: the time to check validity periods against (default: the current time); it
+            must be timezone-aware.
         vcek_store: an offline VCEK store in Trustee's layout, consulted when no VCEK is given.
 
     Raises:
-        AttestationError: the report names no usable signing key (check "signing-key").
+        AttestationError: the report names no usable signing key (check "signing-key"), or
+            the host requested it (VMPL above 3: check "vmpl").
         CertificateChainError: a missing, untrusted, expired or wrongly signed certificate, a
-            TCB or chip ID that the VEK does not certify (check says which).
+            TCB layout that is not the chain's product's, or a TCB or chip ID that the VEK
+            does not certify (check says which).
         ReportSignatureError: the report signature does not verify.
+        ValueError: `now` is a naive datetime.
     """
     trust = trust or Trust()
     now = now or datetime.now(UTC)
@@ -139,27 +144,59 @@ def verify_report(
             f"VMPL {report.vmpl:#x}: a host-requested report binds no guest data", check="vmpl"
         )
     want = CertRole.VCEK if signer is SigningKey.VCEK else CertRole.VLEK
-    roles = [(cert, role_of(cert)) for cert in certificates]
+    # Each distinct certificate once (they compare by their DER bytes): a copy adds nothing.
+    roles = [(cert, role_of(cert)) for cert in dict.fromkeys(certificates)]
     veks = [cert for cert, role in roles if role is not None and role[0] is want]
     if not veks and want is CertRole.VCEK and vcek_store is not None:
         veks = find_offline_vcek(vcek_store, report)
     if not veks:
         raise CertificateChainError(f"no {want.value} certificate was given", check="vek")
-    first_error: CertificateChainError | None = None
-    for vek in _rank_veks(veks, report):
+    # Every candidate VEK is tried, best-ranked first, through every check: a certificate that
+    # is stale, junk or another provider's (a VLEK has no chip to tell it by) cannot hide the
+    # genuine one. When none passes, the first failure of a candidate whose chain verified is
+    # the most telling; else the first chain failure.
+    chain_error: CertificateChainError | None = None
+    later_error: CertificateChainError | ReportSignatureError | None = None
+    links = _Links()
+    for vek in _rank_veks(list(dict.fromkeys(veks)), report):
         try:
-            ark, issuer, product, info = _chain_for(vek, roles, report, want, trust)
-            break
+            ark, issuer, product, info = _chain_for(vek, roles, report, want, trust, links)
         except CertificateChainError as exc:
-            first_error = first_error or exc
-    else:
-        raise first_error or CertificateChainError("no usable chain", check="chain")
-    issuer_role = CertRole.ASK if want is CertRole.VCEK else CertRole.ASVK
-    pin = spki_sha256(ark)
+            chain_error = chain_error or exc
+            continue
+        try:
+            _check_with(report, ark, issuer, vek, product, info, want, now)
+        except (CertificateChainError, ReportSignatureError) as exc:
+            later_error = later_error or exc
+            continue
+        return VerifiedReport._issue(
+            _TOKEN,
+            report=report,
+            product=product,
+            signing_key=signer,
+            vek=info,
+            ark_sha256=spki_sha256(ark),
+            verified_at=now,
+        )
+    raise later_error or chain_error or CertificateChainError("no usable chain", check="chain")
+
+
+def _check_with(
+    report: AttestationReport,
+    ark: x509.Certificate,
+    issuer: x509.Certificate,
+    vek: x509.Certificate,
+    product: Product,
+    info: VekInfo,
+    want: CertRole,
+    now: datetime,
+) -> None:
+    """Every check after the chain, for one candidate chain: layout, validity, signature..."""
     if report.turin_layout != product.turin_layout:
         raise CertificateChainError(
             f"the report's TCB layout does not match its {product.value} chain", check="tcb"
         )
+    issuer_role = CertRole.ASK if want is CertRole.VCEK else CertRole.ASVK
     for cert, what in (
         (ark, "the ARK"),
         (issuer, f"the {issuer_role.value}"),
@@ -170,15 +207,42 @@ def verify_report(
     _check_tcb(report, info)
     if want is CertRole.VCEK:
         _check_chip(report, info)
-    return VerifiedReport._issue(
-        _TOKEN,
-        report=report,
-        product=product,
-        signing_key=signer,
-        vek=info,
-        ark_sha256=pin,
-        verified_at=now,
-    )
+
+
+class _Links:
+    """The signature checks (and root pins) of one verification, each made once.
+
+    Every VEK is tried with every issuer and every pinned ARK, so junk certificates pair
+    with one another; remembering each link's verdict keeps the work to one RSA check per
+    (certificate, issuer) pair given, rather than one per combination.
+    """
+
+    def __init__(self) -> None:
+        self._failures: dict[tuple[x509.Certificate, x509.Certificate], CertificateChainError] = {}
+        self._passed: set[tuple[x509.Certificate, x509.Certificate]] = set()
+        self._pins: dict[x509.Certificate, str] = {}
+
+    def pin(self, ark: x509.Certificate) -> str:
+        """`spki_sha256(ark)`, computed once."""
+        found = self._pins.get(ark)
+        if found is None:
+            found = self._pins[ark] = spki_sha256(ark)
+        return found
+
+    def check(self, cert: x509.Certificate, issuer: x509.Certificate, what: str) -> None:
+        key = (cert, issuer)
+        if key in self._passed:
+            return
+        failure = self._failures.get(key)
+        if failure is None:
+            try:
+                check_signed_by(cert, issuer, what)
+            except CertificateChainError as exc:
+                self._failures[key] = failure = exc
+            else:
+                self._passed.add(key)
+                return
+        raise failure.with_traceback(None)
 
 
 def _verified_chain(
@@ -187,6 +251,7 @@ def _verified_chain(
     vek: x509.Certificate,
     issuer_role: CertRole,
     want: CertRole,
+    links: _Links,
 ) -> VekInfo:
     """Check the three links once per distinct chain; later calls find the result cached.
 
@@ -200,9 +265,9 @@ def _verified_chain(
     if found is not None:
         _CHAIN_CACHE.move_to_end(key)
         return dataclasses.replace(found, spl=dict(found.spl))  # callers get their own copy
-    check_signed_by(ark, ark, "ARK")
-    check_signed_by(issuer, ark, issuer_role.value)
-    check_signed_by(vek, issuer, want.value)
+    links.check(ark, ark, "ARK")
+    links.check(issuer, ark, issuer_role.value)
+    links.check(vek, issuer, want.value)
     info = vek_info(vek)
     _CHAIN_CACHE[key] = info
     if len(_CHAIN_CACHE) > _CHAIN_CACHE_SIZE:
@@ -236,6 +301,7 @@ def _chain_for(
     report: AttestationReport,
     want: CertRole,
     trust: Trust,
+    links: _Links,
 ) -> tuple[x509.Certificate, x509.Certificate, Product, VekInfo]:
     """(ARK, issuer, product, VEK facts) of the first chain that verifies for `vek`.
 
@@ -260,13 +326,13 @@ def _chain_for(
             for cert, role in roles
             if role is not None and role[0] is CertRole.ARK and role[1] is chain_product
         ]
-        pinned = [a for a in arks if trust.pins.get(spki_sha256(a)) is chain_product]
+        pinned = [a for a in arks if trust.pins.get(links.pin(a)) is chain_product]
         if chain_product is None or not arks:
             error = CertificateChainError(
                 "no ARK certificate for the product was given", check="chain"
             )
         elif not pinned:
-            pin = spki_sha256(arks[0])
+            pin = links.pin(arks[0])
             error = CertificateChainError(
                 f"the ARK {pin[:16]}... is not a trusted root for {chain_product.value}",
                 check="root",
@@ -274,7 +340,7 @@ def _chain_for(
         else:
             for ark in pinned:
                 try:
-                    info = _verified_chain(ark, issuer, vek, issuer_role, want)
+                    info = _verified_chain(ark, issuer, vek, issuer_role, want, links)
                 except CertificateChainError as exc:
                     first_error = first_error or exc
                     continue

@@ -43,18 +43,20 @@ _SHAPES = (
 _VERIFY_EPILOG = """\
 what is checked, in order (the name in brackets is printed when that check fails):
   1. the report names a signing key, VCEK or VLEK                        [signing-key]
+     and comes from a guest (VMPL 0-3, not a host-requested report)      [vmpl]
   2. a VCEK or VLEK, its issuer (ASK or ASVK) and the ARK are at hand    [vek] [chain]
   3. the ARK is one of AMD's pinned roots (or a --trust-root)            [root]
   4. ARK -> ASK/ASVK -> VCEK/VLEK signatures (RSA-PSS SHA-384)           [chain]
   5. every certificate is valid at --now (default: the current time)     [validity]
   6. the report's ECDSA P-384 signature under the VCEK/VLEK              [signature]
-  7. REPORTED_TCB equals the SPLs the VCEK/VLEK certifies                [tcb]
+  7. the TCB layout is the product's; REPORTED_TCB equals the VEK's SPLs [tcb]
   8. a VCEK's hwID equals the report's CHIP_ID                           [chip-id]
   9. --report-data and --policy (docs/attestation-policy.md)             [report-data] ...
 
 certificates come from the evidence itself, --vek, --chain, --certs-dir and, for a VCEK
-only, --vcek-store; extra certificates are ignored. AMD's ASK/ASVK/ARK per product are
-published at https://kdsintf.amd.com/vcek/v1/{Milan,Genoa,Turin}/cert_chain (VCEK chain) and
+only, --vcek-store; every candidate chain is tried, so extra certificates (stale, another
+chip's, junk) are passed over. AMD's ASK/ASVK/ARK per product are published at
+https://kdsintf.amd.com/vcek/v1/{Milan,Genoa,Turin}/cert_chain (VCEK chain) and
 .../vlek/v1/.../cert_chain (VLEK chain); only the root's key is trusted, by its pinned hash.
 
 exit status: 0 valid; 30 AttestationError; 31 ReportSignatureError (the signature);
@@ -343,10 +345,10 @@ def _verify(args: argparse.Namespace) -> int:
         elif expected_data is not None and not hmac.compare_digest(
             evidence.report.report_data, expected_data
         ):
+            # No part of either value: where they differ only at the end, the report's
+            # REPORT_DATA would give away most of the expected binding.
             raise PolicyError(
-                f"REPORT_DATA is {evidence.report.report_data.hex()[:32]}..., not the "
-                f"required {expected_data.hex()[:32]}...",
-                check="report-data",
+                "REPORT_DATA does not match the required --report-data", check="report-data"
             )
     except AttestationError as exc:
         if args.json:

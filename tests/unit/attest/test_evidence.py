@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import copy
 import errno
+import itertools
 import json
 import os
 import shutil
@@ -26,11 +27,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from hypothesis import given
+from hypothesis import strategies as st
 
 from cvmstore.attest.certs import CertRole, load_certificates, role_of
 from cvmstore.attest.configfs import ConfigfsTsm
 from cvmstore.attest.evidence import (
     CERT_TABLE_GUIDS,
+    Evidence,
     aproxy_evidence,
     build_cert_table,
     cert_table_for,
@@ -59,6 +63,8 @@ REPORTS = [
     ("py-snp-utils/milan-v5-report-nocert.bin", 5),
 ]
 CRL_GUID = uuid.UUID("92f81bc3-5811-4d3d-97ff-d19f88dc67ea")
+#: A genuine v5 report (every field present) for the hypothesis tests to change.
+_TEMPLATE = Simulator(Product.MILAN, seed="template", key_size=2048).report(b"t", version=5)
 
 
 def der(cert: x509.Certificate) -> bytes:
@@ -211,6 +217,61 @@ def test_non_zero_bytes_after_a_der_certificate_are_refused(
     table = build_cert_table([(CertRole.VCEK, der(milan_chain[0]) + b"\0\0junk")])
     with pytest.raises(FormatError, match="VCEK entry holds no certificate"):
         parse_cert_table(table)
+
+
+def _raw_table(spans: list[tuple[int, int]], body: bytes) -> bytes:
+    """A table whose entries (unknown GUIDs) point at (offset, length) into `body`, which
+    follows the entry list; offsets count from the body's start."""
+    header = (len(spans) + 1) * 24
+    entries = b"".join(
+        struct.pack("<16sII", uuid.UUID(int=index + 1).bytes, header + offset, length)
+        for index, (offset, length) in enumerate(spans)
+    )
+    return entries + bytes(24) + body
+
+
+def test_at_most_32_entries() -> None:
+    assert len(read_cert_table(_raw_table([(i, 1) for i in range(32)], bytes(32)))) == 32
+    with pytest.raises(FormatError, match="more than 32 entries") as caught:
+        read_cert_table(_raw_table([(i, 1) for i in range(33)], bytes(33)))
+    assert caught.value.offset == 32 * 24  # the 33rd entry
+    # what the review's table looked like: a small body named by hundreds of entries
+    with pytest.raises(FormatError, match="more than 32 entries"):
+        parse_cert_table(_raw_table([(0, 1 << 16)] * 400, bytes(1 << 16)))
+
+
+@pytest.mark.parametrize(
+    "spans",
+    [
+        [(0, 100), (0, 100)],  # the same body twice
+        [(0, 100), (99, 10)],  # one byte shared
+        [(50, 10), (0, 100)],  # one inside the other, in any order
+        [(0, 10), (20, 10), (5, 1)],
+    ],
+)
+def test_overlapping_entries_are_refused(milan: Simulator, spans: list[tuple[int, int]]) -> None:
+    """k entries over one body would cost k copies of it: a small table, a large allocation."""
+    with pytest.raises(FormatError, match="entries overlap"):
+        read_cert_table(_raw_table(spans, bytes(200)))
+    evidence = json.dumps(aproxy_evidence(milan.report(), _raw_table(spans, bytes(200)))).encode()
+    with pytest.raises(FormatError, match="entries overlap"):
+        load_evidence(evidence)
+
+
+def test_adjacent_and_empty_entries_are_not_overlaps() -> None:
+    entries = read_cert_table(_raw_table([(0, 10), (10, 10), (20, 0), (20, 5)], bytes(25)))
+    assert [len(entry.data) for entry in entries] == [10, 10, 0, 5]
+
+
+def test_overlapping_entries_of_a_page_aligned_real_table_are_refused(
+    milan_chain: list[x509.Certificate],
+) -> None:
+    table = bytearray(cert_table_for(milan_chain[:3], page_align=True))
+    assert len(parse_cert_table(bytes(table))) == 3
+    ask_offset = struct.unpack_from("<I", table, 24 + 16)[0]
+    struct.pack_into("<I", table, 24 + 16, ask_offset - 1)  # the ASK now starts in the VCEK
+    with pytest.raises(FormatError, match="overlap"):
+        parse_cert_table(bytes(table))
 
 
 def test_cert_table_for_refuses_other_certificates(milan_chain: list[x509.Certificate]) -> None:
@@ -375,6 +436,17 @@ def test_trustee_evidence_with_a_cert_chain_verifies(
     assert verified.product is Product.MILAN
 
 
+def test_a_trustee_cert_chain_has_at_most_32_entries(milan: Simulator) -> None:
+    report = milan.report()
+    crl = {"cert_type": "CRL", "data": [1]}
+    chain = [*trustee_evidence(report, milan.chain())["cert_chain"]]
+    obj = {**trustee_evidence(report), "cert_chain": chain + [crl] * (32 - len(chain))}
+    assert len(parse_trustee_evidence(obj)[1]) == len(chain)
+    obj["cert_chain"].append(crl)
+    with pytest.raises(FormatError, match="cert_chain: more than 32 entries"):
+        load_evidence(json.dumps(obj).encode())
+
+
 def test_trustee_evidence_cert_types(milan: Simulator) -> None:
     assert milan.vlek is not None
     assert milan.asvk is not None
@@ -486,11 +558,171 @@ def test_load_evidence_refuses_other_data(data: bytes, words: str) -> None:
         load_evidence(data)
 
 
+def _two_keys(obj: dict[str, Any], key: str, first: object, path: str = "") -> bytes:
+    """`obj` as JSON with `key` (inside the object at `path`) given twice, `first` first."""
+    text = json.dumps(obj)
+    target = f'"{key}": '
+    where = text.index(target, text.index(f'"{path}": ') if path else 0)
+    return (text[:where] + target + json.dumps(first) + ", " + text[where:]).encode()
+
+
+def test_duplicate_json_keys_are_refused(milan: Simulator) -> None:
+    """Two readers of one document must not see two reports: the first or the last key."""
+    one = milan.report(b"first", measurement=b"\1" * 48)
+    other = milan.report(b"second", measurement=b"\2" * 48)
+    aproxy = aproxy_evidence(other)
+    trustee = trustee_evidence(other)
+    cases = {
+        "aproxy snp-report": _two_keys(aproxy, "snp-report", aproxy_evidence(one)["snp-report"]),
+        "aproxy certs-buf": _two_keys(aproxy, "certs-buf", None),
+        "trustee attestation_report": _two_keys(
+            trustee, "attestation_report", report_to_trustee_json(one)
+        ),
+        "trustee cert_chain": _two_keys(trustee, "cert_chain", []),
+        "trustee measurement": _two_keys(
+            trustee, "measurement", list(one.measurement), "attestation_report"
+        ),
+        "trustee signature.r": _two_keys(trustee, "r", [0] * 72, "signature"),
+    }
+    for name, data in cases.items():
+        with pytest.raises(FormatError, match="appears twice") as caught:
+            load_evidence(data)
+        assert type(caught.value) is FormatError, name
+    assert load_evidence(json.dumps(aproxy).encode()).report == other  # once is fine
+
+
+@pytest.mark.parametrize("key", ["attestation_report", "snp-report", "certs-buf"])
+def test_deeply_nested_json_is_a_format_error(key: str) -> None:
+    depth = 200_000  # far past Python's recursion limit
+    data = b'{"%s": ' % key.encode() + b"[" * depth + b"]" * depth + b"}"
+    with pytest.raises(FormatError):
+        load_evidence(data)
+    with pytest.raises(FormatError):
+        load_evidence(b"{" + b'"a": {' * depth + b"}" * (depth + 1))
+
+
+# Certificates whose extensions cryptography parses only on access: a general name type it
+# does not support, a TLSFeature it cannot read. Each must be a FormatError, not whatever
+# cryptography raises (UnsupportedGeneralNameType, TypeError, KeyError).
+ODD_EXTENSIONS = {
+    "SAN x400Address": ("2.5.29.17", "3004a3020500"),
+    "SAN ediPartyName": ("2.5.29.17", "3004a5020500"),
+    "NameConstraints x400Address": ("2.5.29.30", "3008a0063004a3020500"),
+    "IssuerAltName ediPartyName": ("2.5.29.18", "3004a5020500"),
+    "TLSFeature unknown value": ("1.3.6.1.5.5.7.1.24", "3003020163"),  # KeyError
+    "TLSFeature empty": ("1.3.6.1.5.5.7.1.24", "3000"),  # TypeError
+    "TLSFeature not an integer": ("1.3.6.1.5.5.7.1.24", "30020500"),  # ValueError
+}
+
+
+def _cert_with(oid: str, value: bytes) -> bytes:
+    key = ec.generate_private_key(ec.SECP384R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "SEV-VCEK")])
+    now = datetime.now(UTC)
+    extension = x509.UnrecognizedExtension(x509.ObjectIdentifier(oid), value)
+    return der(
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(extension, critical=False)
+        .sign(key, hashes.SHA384())
+    )
+
+
+@pytest.mark.parametrize(("oid", "value"), ODD_EXTENSIONS.values(), ids=ODD_EXTENSIONS.keys())
+def test_certificates_with_unreadable_extensions_are_format_errors(
+    milan: Simulator, oid: str, value: str
+) -> None:
+    cert = _cert_with(oid, bytes.fromhex(value))
+    pem = (
+        b"-----BEGIN CERTIFICATE-----\n" + base64.encodebytes(cert) + b"-----END CERTIFICATE-----\n"
+    )
+    for data in (cert, pem):
+        with pytest.raises(FormatError, match="not a certificate"):
+            load_certificates(data)
+    report = milan.report()
+    aproxy = aproxy_evidence(report, build_cert_table([(CertRole.VCEK, cert)]))
+    trustee = {
+        **trustee_evidence(report),
+        "cert_chain": [{"cert_type": "VCEK", "data": list(cert)}],
+    }
+    for evidence in (aproxy, trustee):
+        with pytest.raises(FormatError, match="VCEK entry holds no certificate"):
+            load_evidence(json.dumps(evidence).encode())
+
+
+# ---------------------------------------------------------------- hostile evidence
+#
+# The hypothesis twins of fuzz/snp_evidence.py: whatever the bytes, only FormatError.
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner),
+    max_leaves=12,
+)
+TABLE_GUIDS = st.sampled_from([*CERT_TABLE_GUIDS.values(), CRL_GUID]) | st.uuids()
+
+
+def refused_or_read(call: Callable[[Any], object], data: Any) -> object:
+    try:
+        return call(data)
+    except FormatError:
+        return None
+
+
+@given(st.binary(max_size=4096))
+def test_arbitrary_bytes_as_evidence_or_a_table(data: bytes) -> None:
+    refused_or_read(load_evidence, data)
+    refused_or_read(parse_cert_table, data)
+    refused_or_read(parse_cert_table, build_cert_table([(CertRole.VCEK, data)]))
+    refused_or_read(load_evidence, b'{"snp-report": ' + data + b"}")
+
+
+@given(
+    entries=st.lists(
+        st.tuples(TABLE_GUIDS, st.integers(0, 2000), st.integers(0, 600)), max_size=40
+    ),
+    body=st.binary(max_size=1024),
+)
+def test_arbitrary_tables(entries: list[tuple[uuid.UUID, int, int]], body: bytes) -> None:
+    table = b"".join(struct.pack("<16sII", g.bytes, o, n) for g, o, n in entries)
+    read = refused_or_read(read_cert_table, table + bytes(24) + body)
+    if read is not None:
+        assert isinstance(read, list)
+        assert len(read) <= 32
+        spans = sorted((entry.offset, entry.offset + len(entry.data)) for entry in read)
+        assert all(end <= start for (_, end), (start, _) in itertools.pairwise(spans))
+    refused_or_read(parse_cert_table, table + bytes(24) + body)
+
+
+@given(field=st.sampled_from([*report_to_trustee_json(_TEMPLATE), "cert_chain"]), value=JSON_VALUES)
+def test_a_trustee_report_with_any_value_in_one_field(field: str, value: object) -> None:
+    obj = trustee_evidence(_TEMPLATE)
+    if field == "cert_chain":
+        obj["cert_chain"] = value
+    else:
+        obj["attestation_report"][field] = value
+    found = refused_or_read(load_evidence, json.dumps(obj).encode())
+    if found is not None:  # accepted: then it is exactly what the JSON says
+        assert isinstance(found, Evidence)
+        again = report_to_trustee_json(found.report)
+        assert all(again[key] == obj["attestation_report"][key] for key in again)
+
+
 # ---------------------------------------------------------------- configfs-tsm
 
 
 class FakeKernel(ConfigfsTsm):
-    """configfs-tsm's behaviour on a plain directory: what the kernel does on each call."""
+    """configfs-tsm's behaviour on a plain directory: what the kernel does on each call.
+
+    Every write to an attribute bumps `generation`; reading `outblob` makes the report from
+    `inblob` and `privlevel` as they are at that moment (`privlevel` empty: the kernel's
+    default, `floor`). `on_write` and `on_read` let another writer act in between.
+    """
 
     def __init__(
         self,
@@ -499,15 +731,19 @@ class FakeKernel(ConfigfsTsm):
         *,
         provider: str = "sev_guest",
         table: bytes = b"",
+        floor: int = 0,
     ) -> None:
         super().__init__(root)
         self.simulator = simulator
         self.provider = provider
         self.table = table
+        self.floor = floor
         self.entries: list[Path] = []
         self.written: dict[str, bytes] = {}
         self.on_read: Callable[[Path], None] | None = None
+        self.on_write: Callable[[Path], None] | None = None
         self.ignore_inblob = False
+        self.report_vmpl: int | None = None  # a provider that answers at another VMPL
         self.fail_read: OSError | None = None
 
     def _mkdir(self, path: Path) -> None:
@@ -521,21 +757,35 @@ class FakeKernel(ConfigfsTsm):
     def _rmdir(self, path: Path) -> None:
         shutil.rmtree(path)
 
+    def another_writer(self, path: Path, data: bytes) -> None:
+        """A write by someone else (another thread or process) to the same entry."""
+        path.write_bytes(data)
+        generation = path.parent / "generation"
+        generation.write_text(f"{int(generation.read_text()) + 1}\n")
+
     def _write(self, path: Path, data: bytes) -> None:
         super()._write(path, data)
         self.written[path.name] = data
         generation = path.parent / "generation"
         generation.write_text(f"{int(generation.read_text()) + 1}\n")
-        if path.name == "inblob":
-            report_data = bytes(64) if self.ignore_inblob else data
-            (path.parent / "outblob").write_bytes(self.simulator.report_bytes(report_data))
-            (path.parent / "auxblob").write_bytes(self.table)
+        if self.on_write is not None:
+            self.on_write(path)
 
     def _read(self, path: Path) -> bytes:
         if self.fail_read is not None and path.name == "outblob":
             raise self.fail_read
         if self.on_read is not None:
             self.on_read(path)
+        if path.name == "outblob":  # the report is made now, from the request as it stands
+            entry = path.parent
+            inblob = (entry / "inblob").read_bytes()
+            privlevel = (entry / "privlevel").read_bytes().strip()
+            vmpl = int(privlevel) if privlevel else self.floor
+            if self.report_vmpl is not None:
+                vmpl = self.report_vmpl
+            report_data = bytes(64) if self.ignore_inblob else inblob
+            path.write_bytes(self.simulator.report_bytes(report_data, vmpl=vmpl))
+            (entry / "auxblob").write_bytes(self.table)
         return super()._read(path)
 
 
@@ -562,13 +812,25 @@ def test_configfs_report_and_certificates(tsm_root: Path, milan: Simulator) -> N
 
 def test_configfs_privlevel_and_fresh_entries(tsm_root: Path, milan: Simulator) -> None:
     kernel = FakeKernel(tsm_root, milan)
-    _, table = kernel.get_report(bytes(64), privlevel=2)
+    report, table = kernel.get_report(bytes(64), privlevel=2)
     assert table == b""
+    assert AttestationReport.decode(report).vmpl == 2
     assert kernel.written["privlevel"] == b"2\n"
-    kernel.get_report(bytes(64), privlevel=0)
+    report, _ = kernel.get_report(bytes(64), privlevel=0)
+    assert AttestationReport.decode(report).vmpl == 0
     assert kernel.written["privlevel"] == b"0\n"
     assert len(set(kernel.entries)) == 2
     assert list(tsm_root.iterdir()) == []
+
+
+def test_configfs_default_privlevel_takes_the_kernels_vmpl(
+    tsm_root: Path, milan: Simulator
+) -> None:
+    """Without a privlevel the kernel's floor applies (VMPL 1 under an SVSM, say)."""
+    kernel = FakeKernel(tsm_root, milan, floor=1)
+    report, _ = kernel.get_report(bytes(64))
+    assert AttestationReport.decode(report).vmpl == 1
+    assert "privlevel" not in kernel.written
 
 
 def test_configfs_other_provider_is_refused(tsm_root: Path, milan: Simulator) -> None:
@@ -585,13 +847,55 @@ def test_configfs_generation_race_is_detected(tsm_root: Path, milan: Simulator) 
 
     def another_writer(path: Path) -> None:
         if path.name == "auxblob":
-            generation = path.parent / "generation"
-            generation.write_text(f"{int(generation.read_text()) + 1}\n")
+            kernel.another_writer(path.parent / "inblob", bytes(64))
 
     kernel.on_read = another_writer
-    with pytest.raises(AttestationError, match=r"generation 1 -> 2") as caught:
+    with pytest.raises(AttestationError, match=r"another writer \(generation 0 -> 2") as caught:
         kernel.get_report(bytes(64))
     assert caught.value.check == "tsm"
+    assert list(tsm_root.iterdir()) == []
+
+
+@pytest.mark.parametrize("requested", [None, 0, 2])
+@pytest.mark.parametrize("after", ["privlevel", "inblob"])
+def test_configfs_a_write_between_ours_and_the_first_read_is_detected(
+    tsm_root: Path, milan: Simulator, requested: int | None, after: str
+) -> None:
+    """The review's race: another writer changes privlevel right after one of our writes.
+
+    Reading `generation` only after our writes missed it: the report came from VMPL 3 with
+    our REPORT_DATA and was accepted. Counting from before our writes catches it.
+    """
+    kernel = FakeKernel(tsm_root, milan)
+    raced: list[Path] = []
+
+    def race(path: Path) -> None:
+        if path.name == after and not raced:
+            raced.append(path)
+            kernel.another_writer(path.parent / "privlevel", b"3\n")
+
+    kernel.on_write = race
+    data = os.urandom(64)
+    if after == "privlevel" and requested is None:
+        report, _ = kernel.get_report(data, privlevel=requested)  # we never wrote privlevel
+        assert not raced
+        assert AttestationReport.decode(report).vmpl == 0
+        return
+    with pytest.raises(AttestationError, match="changed by another writer") as caught:
+        kernel.get_report(data, privlevel=requested)
+    assert raced
+    assert caught.value.check == "tsm"
+    assert list(tsm_root.iterdir()) == []
+
+
+def test_configfs_a_report_from_another_vmpl_is_refused(tsm_root: Path, milan: Simulator) -> None:
+    kernel = FakeKernel(tsm_root, milan)
+    kernel.report_vmpl = 3
+    with pytest.raises(AttestationError, match="VMPL 3, not the privlevel 0") as caught:
+        kernel.get_report(bytes(64), privlevel=0)
+    assert caught.value.check == "tsm"
+    report, _ = kernel.get_report(bytes(64))  # nothing requested: the kernel's choice stands
+    assert AttestationReport.decode(report).vmpl == 3
     assert list(tsm_root.iterdir()) == []
 
 

@@ -36,7 +36,7 @@ from cvmstore.attest.policy import (
     policy_to_dict,
 )
 from cvmstore.attest.report import GuestPolicy, KeyInfo, PlatformInfo, SigningKey, load_report
-from cvmstore.attest.tcb import TcbVersion
+from cvmstore.attest.tcb import Product, TcbVersion
 from cvmstore.attest.verify import VerifiedReport, verify_report
 from cvmstore.errors import FormatError, PolicyError, UnsupportedVersionError
 
@@ -110,6 +110,7 @@ def matching(verified: VerifiedReport) -> dict[str, Any]:
         "id_key_digests": [report.id_key_digest.hex()],
         "chip_ids": [report.chip_id.hex()],
         "signing_keys": ["vcek"],
+        "products": ["Milan"],
         "report_data": report.report_data.hex(),
     }
 
@@ -129,7 +130,7 @@ def test_check_names_are_the_documented_ones() -> None:
     assert set(CHECKS) == {
         "measurement", "tcb", "debug", "migrate-ma", "smt", "vmpl", "guest-svn", "family-id",
         "image-id", "host-data", "id-key", "author-key", "chip-id", "report-data",
-        "policy-abi", "signing-key",
+        "policy-abi", "signing-key", "product",
     }  # fmt: skip
     assert len(CHECKS) == len(set(CHECKS))
 
@@ -169,6 +170,7 @@ STRICTER: list[tuple[str, dict[str, Any]]] = [
     ("chip-id", {"chip_ids": ["11" * 64]}),
     ("chip-id", {"chip_ids": [MILAN_CHIP_PREFIX]}),  # 8 bytes match only a Turin chip ID
     ("signing-key", {"signing_keys": ["vlek"]}),
+    ("product", {"products": ["Genoa", "Turin"]}),
     ("report-data", {"report_data": "00" * 64}),
 ]
 
@@ -198,14 +200,16 @@ def test_checks_run_in_the_documented_order(milan: VerifiedReport) -> None:
         "measurements": ["00" * 48],
         "vmpl": 2,
         "min_guest_svn": 99,
+        "id_key_digests": [milan.report.id_key_digest.hex()],
         "report_data": "00" * 64,
         "signing_keys": ["vlek"],
+        "products": ["Turin"],
     }
     with pytest.raises(PolicyError) as info:
         check_policy(milan, parse_policy(doc))
     assert info.value.check == "signing-key"
     found = failed(milan, doc)
-    assert found == ["signing-key", "vmpl", "measurement", "guest-svn", "report-data"]
+    assert found == ["signing-key", "product", "vmpl", "measurement", "guest-svn", "report-data"]
     assert found == sorted(found, key=CHECKS.index)
 
 
@@ -233,13 +237,48 @@ def test_committed_and_launch_tcb(milan: VerifiedReport, which: str) -> None:
         check_policy(forged, parse_policy({"tcb": {"which": which, "snp": 8}}))
 
 
-def test_fmc_minimum_applies_to_turin_layout_reports_only(milan: VerifiedReport) -> None:
-    assert failed(milan, {"tcb": {"fmc": 255}}) == []  # Milan has no FMC component
+def test_an_fmc_minimum_fails_a_tcb_without_fmc(milan: VerifiedReport) -> None:
+    """A non-zero fmc floor is a Turin floor: a Milan or Genoa TCB has no FMC and fails it."""
+    assert failed(milan, {"tcb": {"fmc": 0}}) == []
+    for level in (1, 255):
+        assert failed(milan, {"tcb": {"fmc": level}}) == ["tcb"]
+    with pytest.raises(PolicyError, match=r"REPORTED_TCB has no FMC component.*fmc >= 1") as info:
+        check_policy(milan, parse_policy({"tcb": {"fmc": 1}}))
+    assert info.value.check == "tcb"
+    # every TCB named is judged, the FMC-less one fails whichever it is
+    with pytest.raises(PolicyError, match="LAUNCH_TCB has no FMC component"):
+        check_policy(milan, parse_policy({"tcb": {"which": "launch", "fmc": 1}}))
     turin = TcbVersion.make(bootloader=3, tee=0, snp=8, microcode=115, fmc=2)
     forged = forge(milan, reported_tcb=turin)
     assert failed(forged, {"tcb": {"fmc": 2}}) == []
     with pytest.raises(PolicyError, match="REPORTED_TCB fmc is 2; the policy requires at least 3"):
         check_policy(forged, parse_policy({"tcb": {"fmc": 3}}))
+
+
+def test_products(milan: VerifiedReport) -> None:
+    assert milan.product is Product.MILAN
+    assert failed(milan, {}) == []  # any product by default
+    assert failed(milan, {"products": ["Milan"]}) == []
+    assert failed(milan, {"products": ["turin", "GENOA", "milan"]}) == []
+    assert failed(milan, {"products": ["Turin"]}) == ["product"]
+    with pytest.raises(PolicyError) as info:
+        check_policy(milan, parse_policy({"products": ["Genoa", "Turin"]}))
+    assert str(info.value) == (
+        "product: the report comes from an AMD Milan; the policy allows Genoa, Turin"
+    )
+    assert parse_policy({"products": ["Turin", "turin"]}).products == (Product.TURIN,)
+    assert parse_policy({"products": None}).products is None
+
+
+def test_a_turin_floor_without_products_still_refuses_an_old_milan_tcb(
+    milan: VerifiedReport,
+) -> None:
+    """The review's case: Turin-scale minimums with an fmc floor, and a 2022 Milan TCB."""
+    turin_floor = {"which": ["reported", "committed", "launch"], "fmc": 1, "bootloader": 1}
+    turin_floor |= {"tee": 0, "snp": 3, "microcode": 9}
+    assert failed(milan, {"tcb": turin_floor}) == ["tcb"]
+    assert failed(milan, {"tcb": {**turin_floor, "fmc": 0}}) == []  # what "products" is for
+    assert failed(milan, {"tcb": {**turin_floor, "fmc": 0}, "products": ["Turin"]}) == ["product"]
 
 
 # guest policy bits
@@ -465,6 +504,16 @@ INVALID: list[tuple[dict[Any, Any], str]] = [
     ({"id_key_digests": [H48]}, "id_key_digests[0]: an all-zero value cannot be allow-listed"),
     ({"author_key_digests": [H48]}, "author_key_digests[0]: an all-zero value"),
     ({"chip_ids": ["00" * 8]}, "chip_ids[0]: an all-zero value"),
+    # products
+    ({"products": "Milan"}, "products: expected a list of product names, not a string"),
+    ({"products": []}, "products: an empty list allows nothing"),
+    ({"products": ["Milan", "Rome"]}, 'products[1]: expected "Milan", "Genoa" or "Turin"'),
+    ({"products": [3]}, 'products[0]: expected "Milan", "Genoa" or "Turin", not 3'),
+    # ID block rules without a pinned ID or author key (the host signs the ID block)
+    ({"min_guest_svn": 1}, "min_guest_svn: comes from the ID block, which the host signs"),
+    ({"family_ids": [H16]}, "family_ids: comes from the ID block"),
+    ({"image_ids": [H16]}, "image_ids: comes from the ID block"),
+    ({"image_ids": [H16], "id_key_digests": None}, "image_ids: comes from the ID block"),
 ]
 
 
@@ -501,6 +550,43 @@ def test_policy_constructor_validates() -> None:
         Policy(report_data=bytes(63))
     with pytest.raises(ValueError, match=r"tcb\.snp: 256"):
         TcbMinimum(snp=256)
+    with pytest.raises(ValueError, match="products"):
+        Policy(products=())
+    with pytest.raises(TypeError, match="products"):
+        Policy(products=("Milan",))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="family_ids: comes from the ID block"):
+        Policy(family_ids=(bytes(16),))
+    with pytest.raises(ValueError, match="min_guest_svn: comes from the ID block"):
+        Policy(min_guest_svn=1)
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [{"min_guest_svn": 4}, {"family_ids": ["01" * 16]}, {"image_ids": ["02" * 16]}],
+    ids=["min_guest_svn", "family_ids", "image_ids"],
+)
+def test_id_block_rules_need_a_pinned_id_or_author_key(
+    milan: VerifiedReport, tmp_path: Path, rule: dict[str, Any]
+) -> None:
+    """The host signs the ID block with any key it likes: its fields alone prove nothing."""
+    (key,) = rule
+    with pytest.raises(FormatError, match=f"^policy: {key}: comes from the ID block"):
+        parse_policy(rule)
+    path = tmp_path / "policy.json"
+    path.write_text(json.dumps(rule))
+    with pytest.raises(FormatError, match=f"{key}: comes from the ID block"):
+        load_policy(path)
+    digest = "11" * 48
+    assert getattr(parse_policy({**rule, "id_key_digests": [digest]}), key)
+    assert getattr(parse_policy({**rule, "author_key_digests": [digest]}), key)
+    assert parse_policy({"min_guest_svn": 0}) == Policy()  # 0 is no rule
+    # the review's case: a host's own ID key passes no policy that pins the owner's
+    forged = forge(
+        milan, family_id=b"\1" * 16, image_id=b"\2" * 16, guest_svn=2**32 - 1,
+        id_key_digest=b"\x33" * 48,
+    )  # fmt: skip
+    pinned = {**rule, "id_key_digests": [milan.report.id_key_digest.hex()]}
+    assert "id-key" in failed(forged, pinned)
 
 
 # ------------------------------------------------------------------------- files
@@ -516,8 +602,12 @@ def test_the_documented_toml_example_accepts_the_report_it_describes(
     assert policy.measurements == (bytes.fromhex(MILAN_MEASUREMENT),)
     assert policy.tcb == TcbMinimum(("reported", "committed", "launch"), **MILAN_TCB)
     assert policy.signing_keys == (SigningKey.VCEK,)
+    assert policy.products == (Product.MILAN,)
+    assert policy.min_guest_svn == 4
+    assert policy.id_key_digests == (milan.report.id_key_digest,)
     check_policy(milan, policy, report_data=milan.report.report_data)
     assert failed(milan, {**policy_to_dict(policy), "min_guest_svn": 5}) == ["guest-svn"]
+    assert failed(milan, {**policy_to_dict(policy), "products": ["Turin"]}) == ["product"]
 
 
 def test_the_documented_json_example(tmp_path: Path) -> None:
@@ -528,6 +618,7 @@ def test_the_documented_json_example(tmp_path: Path) -> None:
     assert policy.tcb.which == ("reported",)
     assert policy.tcb.microcode == 115
     assert policy.vmpl == (0,)
+    assert policy.products == (Product.MILAN,)
 
 
 def test_toml_and_json_files_load_the_same_policy(tmp_path: Path) -> None:
@@ -588,6 +679,14 @@ def _lists(strategy: st.SearchStrategy[str]) -> st.SearchStrategy[list[str]]:
     return st.lists(strategy, min_size=1, max_size=3)
 
 
+def _pin_id_key(doc: dict[str, Any]) -> dict[str, Any]:
+    """An ID block rule needs a pinned ID or author key: add one where the rule has none."""
+    id_block = doc.get("min_guest_svn") or "family_ids" in doc or "image_ids" in doc
+    if id_block and "id_key_digests" not in doc and "author_key_digests" not in doc:
+        return {**doc, "id_key_digests": ["11" * 48]}
+    return doc
+
+
 VALID_DOCS = st.fixed_dictionaries(
     {},
     optional={
@@ -614,9 +713,11 @@ VALID_DOCS = st.fixed_dictionaries(
         "author_key_digests": _lists(_hexes(48, nonzero=True)),
         "chip_ids": _lists(_hexes(64, nonzero=True) | _hexes(8, nonzero=True)),
         "signing_keys": st.lists(st.sampled_from(["vcek", "vlek", "VCEK"]), min_size=1),
+        "products": st.none()
+        | st.lists(st.sampled_from(["Milan", "Genoa", "Turin", "turin"]), min_size=1),
         "report_data": _hexes(64),
     },
-)
+).map(_pin_id_key)
 
 
 @given(VALID_DOCS)
@@ -630,6 +731,9 @@ def test_valid_documents_round_trip(doc: dict[str, Any]) -> None:
             assert out[key] == list(dict.fromkeys(value))
         elif key in ("allow_debug", "allow_migration_agent", "allow_smt", "min_abi"):
             assert out[key] == value
+        elif key == "products":
+            titled = None if value is None else [name.title() for name in value]
+            assert out[key] == (None if titled is None else list(dict.fromkeys(titled)))
 
 
 def test_policy_to_dict_writes_every_key() -> None:
@@ -654,6 +758,7 @@ def test_policy_to_dict_writes_every_key() -> None:
         "author_key_digests": None,
         "chip_ids": None,
         "signing_keys": ["vcek", "vlek"],
+        "products": None,
         "report_data": None,
     }  # fmt: skip
     assert parse_policy(out) == Policy()
