@@ -16,8 +16,10 @@ from __future__ import annotations
 import enum
 import hashlib
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TypeVar
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -61,6 +63,7 @@ _OID_SPL = {
 }
 _OID_HWID = x509.ObjectIdentifier(f"{_ARC}.4")
 _OID_CSP = x509.ObjectIdentifier(f"{_ARC}.5")
+_T = TypeVar("_T")
 _PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=48)
 
 
@@ -112,9 +115,45 @@ def common_name(cert: x509.Certificate) -> str:
     return str(names[0].value) if names else ""
 
 
-def role_of(cert: x509.Certificate) -> tuple[CertRole, Product | None] | None:
+Role = tuple[CertRole, Product | None]
+_ROLES: dict[int, tuple[x509.Certificate, Role | None]] = {}
+_SPKIS: dict[int, tuple[x509.Certificate, str]] = {}
+_MEMO_SIZE = 256
+
+
+def _memo(
+    table: Mapping[int, tuple[x509.Certificate, _T]], cert: x509.Certificate
+) -> tuple[bool, _T | None]:
+    """(found, value) for `cert` in an identity memo.
+
+    Each entry holds the certificate itself, so its id cannot be reused by another object
+    while the entry exists.
+    """
+    entry = table.get(id(cert))
+    if entry is not None and entry[0] is cert:
+        return True, entry[1]
+    return False, None
+
+
+def _remember(
+    table: dict[int, tuple[x509.Certificate, _T]], cert: x509.Certificate, value: _T
+) -> None:
+    if len(table) >= _MEMO_SIZE:
+        table.clear()
+    table[id(cert)] = (cert, value)
+
+
+def role_of(cert: x509.Certificate) -> Role | None:
     """(role, product) from the subject CN: ARK-Milan, SEV-Milan, SEV-VLEK-Genoa, SEV-VCEK..."""
-    name = common_name(cert)
+    found, role = _memo(_ROLES, cert)
+    if found:
+        return role
+    role = _role_from_name(common_name(cert))
+    _remember(_ROLES, cert, role)
+    return role
+
+
+def _role_from_name(name: str) -> Role | None:
     if name == "SEV-VCEK":
         return CertRole.VCEK, None
     if name == "SEV-VLEK":
@@ -131,10 +170,15 @@ def role_of(cert: x509.Certificate) -> tuple[CertRole, Product | None] | None:
 
 def spki_sha256(cert: x509.Certificate) -> str:
     """SHA-256 (hex) of the certificate's DER SubjectPublicKeyInfo: what roots are pinned by."""
+    found, digest = _memo(_SPKIS, cert)
+    if found and digest is not None:
+        return digest
     spki = cert.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    return hashlib.sha256(spki).hexdigest()
+    digest = hashlib.sha256(spki).hexdigest()
+    _remember(_SPKIS, cert, digest)
+    return digest
 
 
 def check_signed_by(cert: x509.Certificate, issuer: x509.Certificate, what: str) -> None:

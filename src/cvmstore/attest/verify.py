@@ -158,7 +158,7 @@ def verify_report(
     chain_error: CertificateChainError | None = None
     later_error: CertificateChainError | ReportSignatureError | None = None
     links = _Links()
-    for vek in _rank_veks(list(dict.fromkeys(veks)), report):
+    for vek in _rank_veks(veks, report):  # unique: `roles` already counts each once
         try:
             ark, issuer, product, info = _chain_for(vek, roles, report, want, trust, links)
         except CertificateChainError as exc:
@@ -263,15 +263,14 @@ def _verified_chain(
     key = (ark, issuer, vek)  # certificates compare and hash by their exact DER bytes
     found = _CHAIN_CACHE.get(key)
     if found is not None:
-        _CHAIN_CACHE.move_to_end(key)
         return dataclasses.replace(found, spl=dict(found.spl))  # callers get their own copy
     links.check(ark, ark, "ARK")
     links.check(issuer, ark, issuer_role.value)
     links.check(vek, issuer, want.value)
     info = vek_info(vek)
+    if len(_CHAIN_CACHE) >= _CHAIN_CACHE_SIZE:
+        _CHAIN_CACHE.popitem(last=False)  # the oldest chain first
     _CHAIN_CACHE[key] = info
-    if len(_CHAIN_CACHE) > _CHAIN_CACHE_SIZE:
-        _CHAIN_CACHE.popitem(last=False)
     return dataclasses.replace(info, spl=dict(info.spl))
 
 
