@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -13,7 +13,7 @@ from cvmstore.cli.usage import UsageError
 from cvmstore.fs import Filesystem, open_filesystem
 from cvmstore.integrity.anchor import Anchor, FileAnchor, NoAnchor
 
-__all__ = ["add_image_options", "default_anchor", "opened", "parse_anchor"]
+__all__ = ["NestedParser", "add_image_options", "default_anchor", "opened", "parse_anchor"]
 
 ANCHOR_HELP = (
     "where the trusted record of the newest commit lives: file:PATH (a local file; default "
@@ -62,3 +62,21 @@ def opened(args: argparse.Namespace, *, write: bool) -> Iterator[Filesystem]:
             fs.close()
     finally:
         device.close()
+
+
+class NestedParser:
+    """Stands in for a command group's parser (`snp`, `igvm`) in the intermixed re-parse.
+
+    When `cli.main` parses again with options and positionals intermixed, it hands the
+    group everything after its name, which starts with the action (`show`, `verify`, ...);
+    the action's own parser takes the rest.
+    """
+
+    def __init__(self, parser: argparse.ArgumentParser) -> None:
+        self.parser = parser
+
+    def parse_intermixed_args(
+        self, args: Sequence[str], namespace: argparse.Namespace
+    ) -> argparse.Namespace:
+        """Parse the action's arguments, options and positionals in any order."""
+        return self.parser.parse_intermixed_args(list(args)[1:], namespace)

@@ -15,13 +15,14 @@ import json
 import struct
 import sys
 import textwrap
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from cvmstore.cli.common import NestedParser
 from cvmstore.cli.usage import UsageError
 from cvmstore.errors import FormatError
 from cvmstore.igvm.format import (
+    FIXED_HEADER,
     FIXED_HEADER_SIZE,
     Header,
     HeaderType,
@@ -35,7 +36,6 @@ from cvmstore.igvm.measure import Measurement, Style, measure_snp
 
 __all__ = ["register"]
 
-_FIXED = struct.Struct("<IIIIII")
 
 _DIGEST_TEXT = (
     "The launch digest is the SHA-384 chain the AMD secure processor builds over every\n"
@@ -122,7 +122,7 @@ def register(commands: Any) -> None:  # noqa: ANN401 (argparse's subparsers type
     )
     show.add_argument("file", metavar="FILE", help="the IGVM file, or - for stdin")
     show.add_argument("--json", action="store_true", help="print JSON with every field")
-    show.set_defaults(handler=_show, command_parser=_Nested(show))
+    show.set_defaults(handler=_show, command_parser=NestedParser(show))
 
     measure = actions.add_parser(
         "measure",
@@ -170,23 +170,7 @@ def register(commands: Any) -> None:  # noqa: ANN401 (argparse's subparsers type
         action="store_true",
         help="print the digest even when the file's SNP ID block expects another one",
     )
-    measure.set_defaults(handler=_measure, command_parser=_Nested(measure))
-
-
-class _Nested:
-    """Stands in for the `igvm` parser when `cli.main` re-parses intermixed arguments.
-
-    `main` hands the command's parser everything after `igvm`, which starts with the action;
-    the action's own parser takes the rest (the same shim as `cvmstore snp`).
-    """
-
-    def __init__(self, parser: argparse.ArgumentParser) -> None:
-        self.parser = parser
-
-    def parse_intermixed_args(
-        self, args: Sequence[str], namespace: argparse.Namespace
-    ) -> argparse.Namespace:
-        return self.parser.parse_intermixed_args(list(args)[1:], namespace)
+    measure.set_defaults(handler=_measure, command_parser=NestedParser(measure))
 
 
 # ---------------------------------------------------------------- input
@@ -231,7 +215,7 @@ def _flag_names(flags: int) -> list[str]:
 
 def _show(args: argparse.Namespace) -> int:
     data, igvm = _load(args.file)
-    magic, version, vh_offset, vh_size, total, checksum = _FIXED.unpack_from(data, 0)
+    magic, version, vh_offset, vh_size, total, checksum = FIXED_HEADER.unpack_from(data, 0)
     headers = sorted([*igvm.headers, *igvm.skipped], key=lambda h: h.offset)
     platforms = _platform_names(igvm)
     if args.json:

@@ -12,7 +12,6 @@ import hmac
 import json
 import sys
 import textwrap
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from cvmstore.attest.policy import check_policy, load_policy, policy_to_dict
 from cvmstore.attest.report import AttestationReport, SigningKey
 from cvmstore.attest.tcb import Product, TcbVersion
 from cvmstore.attest.verify import Trust, VerifiedReport, verify_report
+from cvmstore.cli.common import NestedParser
 from cvmstore.cli.usage import UsageError
 from cvmstore.errors import AttestationError, FormatError, PolicyError
 
@@ -92,7 +92,7 @@ def register(commands: Any) -> None:  # noqa: ANN401 (argparse's subparsers type
     )
     show.add_argument("report", metavar="REPORT", help="the evidence file, or - for stdin")
     show.add_argument("--json", action="store_true", help="print JSON")
-    show.set_defaults(handler=_show, command_parser=_Nested(show))
+    show.set_defaults(handler=_show, command_parser=NestedParser(show))
 
     verify = actions.add_parser(
         "verify",
@@ -166,23 +166,7 @@ def register(commands: Any) -> None:  # noqa: ANN401 (argparse's subparsers type
         "the simulator's; AMD's three roots are always trusted (repeatable)",
     )
     verify.add_argument("--json", action="store_true", help="print JSON")
-    verify.set_defaults(handler=_verify, command_parser=_Nested(verify))
-
-
-class _Nested:
-    """Stands in for the `snp` parser when `cli.main` re-parses intermixed arguments.
-
-    `main` hands the command's parser everything after `snp`, which starts with the action
-    (`show` or `verify`); the action's own parser takes the rest.
-    """
-
-    def __init__(self, parser: argparse.ArgumentParser) -> None:
-        self.parser = parser
-
-    def parse_intermixed_args(
-        self, args: Sequence[str], namespace: argparse.Namespace
-    ) -> argparse.Namespace:
-        return self.parser.parse_intermixed_args(list(args)[1:], namespace)
+    verify.set_defaults(handler=_verify, command_parser=NestedParser(verify))
 
 
 # ---------------------------------------------------------------- show

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from cvmstore.errors import FormatError, NotAnImageError, UnsupportedVersionError
 
 __all__ = [
+    "FIXED_HEADER",
     "FIXED_HEADER_SIZE",
     "OPTIONAL_BIT",
     "PAGE_SIZE",
@@ -44,7 +45,7 @@ OPTIONAL_BIT = 0x8000_0000
 PAGE_SIZE = 0x1000
 LARGE_PAGE = 0x20_0000
 MAX_PARAMETER_AREA = 1 << 32  # usages address an area with u32 byte offsets
-_FIXED = struct.Struct("<IIIIII")
+FIXED_HEADER = struct.Struct("<IIIIII")  # magic, version, header offset and size, size, CRC
 _RECORD = struct.Struct("<II")
 
 
@@ -346,7 +347,7 @@ def parse_igvm(data: bytes) -> IgvmFile:
     data = bytes(data)
     if len(data) < FIXED_HEADER_SIZE:
         raise FormatError(f"an IGVM file is at least {FIXED_HEADER_SIZE} bytes", offset=0)
-    magic, version, vh_offset, vh_size, total, checksum = _FIXED.unpack_from(data, 0)
+    magic, version, vh_offset, vh_size, total, checksum = FIXED_HEADER.unpack_from(data, 0)
     if magic != MAGIC:
         raise NotAnImageError("not an IGVM file (no IGVM magic)", offset=0)
     if version != 1:
@@ -783,9 +784,9 @@ class IgvmBuilder:
             body = _STRUCTS[kind].pack(*(record.fields[name] for name in _LAYOUTS[kind][1]))
             headers += _RECORD.pack(kind, len(body)) + body.ljust((len(body) + 7) & ~7, b"\0")
         total = FIXED_HEADER_SIZE + len(headers) + len(file_data)
-        fixed = _FIXED.pack(MAGIC, 1, FIXED_HEADER_SIZE, len(headers), total, 0)
+        fixed = FIXED_HEADER.pack(MAGIC, 1, FIXED_HEADER_SIZE, len(headers), total, 0)
         checksum = zlib.crc32(fixed + headers)
-        fixed = _FIXED.pack(MAGIC, 1, FIXED_HEADER_SIZE, len(headers), total, checksum)
+        fixed = FIXED_HEADER.pack(MAGIC, 1, FIXED_HEADER_SIZE, len(headers), total, checksum)
         return bytes(fixed + headers + file_data)
 
 
