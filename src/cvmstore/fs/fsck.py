@@ -74,6 +74,14 @@ class _Checker:
         if self.fs.store.state is StoreState.FAILED:
             raise _StoreFailed  # what follows would only echo this failure
 
+    def load(self, ino: int, where: str) -> Inode | None:
+        """Inode `ino`, or None after reporting why it cannot be read."""
+        try:
+            return self.fs._inode(ino)
+        except CvmstoreError as exc:
+            self.problem(f"inode {ino} ({where}): {exc}")
+            return None
+
     def claim(self, block: int, owner: str, *, metadata: bool) -> bool:
         if not self.first_data <= block < self.sb.total_blocks:
             self.problem(f"{owner}: points at block {block}, outside the data blocks")
@@ -112,7 +120,6 @@ class _Checker:
 
     def run(self) -> None:
         sb = self.sb
-        fs = self.fs
         for block in range(self.first_data):
             self.owner[block] = "superblock" if block == 0 else "block bitmap"
         self.inode_blocks(INODE_TABLE, sb.table, "inode table", data_is_meta=True)
@@ -125,12 +132,10 @@ class _Checker:
         for ino in range(1, sb.inode_slots):
             if ino in reached or ino in free:
                 continue
-            try:
-                kind = fs._inode(ino).kind
-            except CvmstoreError as exc:
-                self.problem(f"inode {ino}: {exc}")
+            inode = self.load(ino, "unreached")
+            if inode is None:
                 continue
-            state = "in use" if kind is not Kind.FREE else "free"
+            state = "in use" if inode.kind is not Kind.FREE else "free"
             self.problem(f"inode {ino}: {state} but neither linked nor on the free chain")
         if sb.live_inodes != len(reached):
             self.problem(
@@ -144,10 +149,8 @@ class _Checker:
         stack: list[tuple[int, str, int]] = [(ROOT, "/", ROOT)]
         while stack:
             ino, path, parent = stack.pop()
-            try:
-                inode = fs._inode(ino)
-            except CvmstoreError as exc:
-                self.problem(f"inode {ino} ({path}): {exc}")
+            inode = self.load(ino, path)
+            if inode is None:
                 continue
             if inode.kind is not Kind.DIR:
                 self.problem(f"inode {ino} ({path}): a directory entry says directory")
@@ -189,10 +192,8 @@ class _Checker:
         return f"{path.rstrip('/')}/{text}"
 
     def file(self, ino: int, path: str) -> None:
-        try:
-            inode = self.fs._inode(ino)
-        except CvmstoreError as exc:
-            self.problem(f"inode {ino} ({path}): {exc}")
+        inode = self.load(ino, path)
+        if inode is None:
             return
         if inode.kind is not Kind.FILE:
             kind = inode.kind.name.lower()
@@ -209,10 +210,8 @@ class _Checker:
                 self.problem(f"free-inode chain: loops or leaves the table at inode {ino}")
                 break
             seen.add(ino)
-            try:
-                inode = self.fs._inode(ino)
-            except CvmstoreError as exc:
-                self.problem(f"inode {ino} (free chain): {exc}")
+            inode = self.load(ino, "free chain")
+            if inode is None:
                 break
             if inode.kind is not Kind.FREE:
                 self.problem(f"free-inode chain: inode {ino} is in use")
