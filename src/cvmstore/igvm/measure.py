@@ -162,9 +162,6 @@ def _page_data(chain: _Chain, header: Header, *, style: Style, native_zero: bool
     flags = int(fields["flags"])
     gpa = int(fields["gpa"])
     data_type = int(fields["data_type"])
-    if not flags and data_type == _NORMAL and header.data:  # the common case, kept short
-        chain.page(gpa, _PT_NORMAL, _sha384(header.data).digest())
-        return
     if flags & _SHARED and style == "igvm":
         return  # host-visible: not part of the launch measurement
     size = LARGE_PAGE if flags & _LARGE else PAGE_SIZE
