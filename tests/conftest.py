@@ -24,7 +24,7 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Variables that steer the tests themselves, kept when the environment is scrubbed.
-TEST_SETTINGS = {"CVMSTORE_VECTORS", "CVMSTORE_CRASH_BOUND"}
+TEST_SETTINGS = {"CVMSTORE_VECTORS", "CVMSTORE_CRASH_BOUND", "CVMSTORE_TEST_POSTGRES"}
 
 
 def in_ci() -> bool:
