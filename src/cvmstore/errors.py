@@ -261,7 +261,7 @@ class KbsProtocolError(KbsError):
 
 
 class KbsAuthError(KbsError):
-    """The key broker refused the request, or could not prove its own identity."""
+    """The key broker refused the request (not attested, or a policy denied it)."""
 
     exit_code = 43
 
@@ -270,6 +270,12 @@ class ResourceNotFoundError(KbsError):
     """The key broker has no resource at that path."""
 
     exit_code = 44
+
+
+class KbsIdentityError(KbsError):
+    """The answer did not come from the pinned key broker (wrong signing key or TLS identity)."""
+
+    exit_code = 45
 
 
 def all_error_classes() -> list[type[CvmstoreError]]:
