@@ -49,6 +49,7 @@ __all__ = [
     "InvalidPathError",
     "IsADirectoryPathError",
     "KbsAuthError",
+    "KbsIdentityError",
     "KbsError",
     "KbsProtocolError",
     "KbsUnreachableError",

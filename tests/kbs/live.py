@@ -59,6 +59,7 @@ def live_kbs(
 ) -> Iterator[LiveKbs]:
     """Serve a KBS over `repository` until the block ends."""
     port = free_port()
+    data_dir.mkdir(parents=True, exist_ok=True)
     values: dict[str, object] = {
         "listen": f"127.0.0.1:{port}",
         "data_dir": data_dir,
@@ -66,7 +67,6 @@ def live_kbs(
         "simulator_roots": (simulator_root(data_dir),),
     }
     values.update(settings)
-    data_dir.mkdir(parents=True, exist_ok=True)
     config = KbsConfig(**values)  # type: ignore[arg-type]  # test settings, checked by KbsConfig
     service = build_service(config, repository=repository)
     token_file = data_dir / ADMIN_TOKEN_FILE

@@ -7,6 +7,7 @@ binding, unpinned signer, stale answers, rollback and fork through the secure st
 from __future__ import annotations
 
 import base64
+import time
 import hashlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -202,7 +203,7 @@ def test_protocol_refusals_are_problem_documents(kbs: LiveKbs, admin: AdminClien
         )
         problem(http.post("/kbs/v0/attest", json={}), 401, "MissingSession")
         problem(http.get("/kbs/v0/resource/a/b/c"), 401, "MissingSession")
-        problem(http.get("/kbs/v0/resource/a/b/.."), 400, "InvalidResourcePath")
+        problem(http.get("/kbs/v0/resource/a/b/-x"), 400, "InvalidResourcePath")
         problem(http.get("/kbs/v0/cvmstore/ledger/v1?nonce=x"), 401, "MissingSession")
         problem(http.get("/nowhere"), 404, "NotFound")
         problem(http.delete("/kbs/v0/auth"), 405, "MethodNotAllowed")
@@ -211,7 +212,7 @@ def test_protocol_refusals_are_problem_documents(kbs: LiveKbs, admin: AdminClien
         cases += 7
     key = ec.generate_private_key(ec.SECP256R1())
     http, nonce = raw_auth(kbs)
-    with http:
+    try:
         problem(http.get("/kbs/v0/resource/a/b/c"), 401, "NotAttested")
         wrong = attestation(nonce, key)
         wrong["runtime-data"]["nonce"] = base64.b64encode(b"\0" * 32).decode()  # type: ignore[index]
@@ -233,6 +234,8 @@ def test_protocol_refusals_are_problem_documents(kbs: LiveKbs, admin: AdminClien
         assert http.post("/kbs/v0/attest", json=attestation(nonce, key)).status_code == 200
         problem(http.post("/kbs/v0/attest", json=attestation(nonce, key)), 401, "NonceReused")
         cases += 7
+    finally:
+        http.close()
     assert cases == 22
 
 
@@ -384,3 +387,52 @@ def test_evidence_digest_in_audit(kbs: LiveKbs, admin: AdminClient) -> None:
         ]
     assert admin.volume("vol1")["audit"][0]["evidence-sha384"] == digest
     assert len(bytes.fromhex(digest)) == hashlib.sha384().digest_size
+
+
+def test_expired_sessions_and_tokens_are_refused(tmp_path: Path, repository: Repository) -> None:
+    with (
+        live_kbs(tmp_path / "kbs", repository, session_lifetime=0.2, token_lifetime=1) as kbs,
+        AdminClient(kbs.url, kbs.admin_token) as admin,
+    ):
+        admin.add_reference(MEASUREMENT.hex())
+        http, nonce = raw_auth(kbs)
+        try:
+            session = http.cookies["kbs-session-id"]
+            http.cookies.clear()  # the jar would drop it itself; the server must refuse it too
+            time.sleep(0.5)
+            key = ec.generate_private_key(ec.SECP256R1())
+            late = http.post(
+                "/kbs/v0/attest",
+                json=attestation(nonce, key),
+                headers={"Cookie": f"kbs-session-id={session}"},
+            )
+            problem(late, 401, "SessionExpired")
+        finally:
+            http.close()
+        with guest(kbs) as client:
+            client.attest()
+            token = client.token
+            time.sleep(1.5)  # past the token's lifetime
+            response = httpx.get(
+                f"{kbs.url}/kbs/v0/resource/a/b/c", headers={"Authorization": f"Bearer {token}"}
+            )
+            problem(response, 401, "TokenInvalid")
+
+
+def test_auth_is_rate_limited_per_client(tmp_path: Path, repository: Repository) -> None:
+    with (
+        live_kbs(tmp_path / "kbs", repository, auth_rate=0.01, auth_burst=3) as kbs,
+        httpx.Client(base_url=kbs.url) as http,
+    ):
+        request = {"version": "0.4.0", "tee": "snp", "extra-params": ""}
+        statuses = [http.post("/kbs/v0/auth", json=request).status_code for _ in range(5)]
+        assert statuses == [200, 200, 200, 429, 429]
+        problem(http.post("/kbs/v0/auth", json=request), 429, "TooManyRequests")
+
+
+def test_health_and_metrics(kbs: LiveKbs, admin: AdminClient) -> None:
+    with httpx.Client(base_url=kbs.url) as http:
+        assert http.get("/healthz").json()["status"] == "ok"
+        http.post("/kbs/v0/auth", json={"version": "0.1.0", "tee": "snp"})
+        metrics = http.get("/metrics").text
+    assert 'kbs_requests_total{endpoint="auth",status="401"} 1.0' in metrics

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -140,7 +141,7 @@ def create_app(service: KbsService, *, on_shutdown: Callable[[], None] | None = 
         response.set_cookie(
             SESSION_COOKIE,
             session_id,
-            max_age=int(max_age),
+            max_age=max(1, math.ceil(max_age)),
             path="/",
             httponly=True,
             secure=secure_cookie,

@@ -418,6 +418,8 @@ class KbsService:
             session = self.repository.get_session(str(session_id))
             if session is None or session.attestation is None:
                 raise Problem(401, "TokenInvalid", "the attestation token's session is gone")
+            if session.expires < time.time():  # exact, where the JWT check allows clock skew
+                raise Problem(401, "TokenInvalid", "the attestation token expired")
         else:
             session = self._session(credentials.session_id)
             if session.attestation is None:
