@@ -7,10 +7,11 @@ binding, unpinned signer, stale answers, rollback and fork through the secure st
 from __future__ import annotations
 
 import base64
-import time
 import hashlib
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -127,7 +128,8 @@ def test_bearer_token_works_without_the_cookie(kbs: LiveKbs, admin: AdminClient)
         )
     assert response.status_code == 200
     assert set(response.json()) == {"protected", "encrypted_key", "iv", "ciphertext", "tag"}
-    forged = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")  # type: ignore[index]
+    assert token is not None
+    forged = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
     response = httpx.get(
         f"{kbs.url}/kbs/v0/resource/default/key/one", headers={"Authorization": f"Bearer {forged}"}
     )
@@ -161,7 +163,7 @@ def raw_auth(kbs: LiveKbs, tee: str = "snp") -> tuple[httpx.Client, str]:
 
 def attestation(
     nonce: str, key: ec.EllipticCurvePrivateKey, *, bind_nonce: str | None = None
-) -> dict[str, object]:
+) -> dict[str, Any]:
     jwk = tee_jwk(key.public_key())
     report_data = trustee_digest(bind_nonce or nonce, jwk, "").ljust(64, b"\0")
     evidence = SimulatorEvidence(SIMULATOR, {"measurement": MEASUREMENT}).evidence(report_data)
@@ -215,7 +217,7 @@ def test_protocol_refusals_are_problem_documents(kbs: LiveKbs, admin: AdminClien
     try:
         problem(http.get("/kbs/v0/resource/a/b/c"), 401, "NotAttested")
         wrong = attestation(nonce, key)
-        wrong["runtime-data"]["nonce"] = base64.b64encode(b"\0" * 32).decode()  # type: ignore[index]
+        wrong["runtime-data"]["nonce"] = base64.b64encode(b"\0" * 32).decode()
         problem(http.post("/kbs/v0/attest", json=wrong), 401, "NonceMismatch")
         bad_key = attestation(nonce, key)
         bad_key["runtime-data"]["tee-pubkey"] = {
@@ -224,7 +226,7 @@ def test_protocol_refusals_are_problem_documents(kbs: LiveKbs, admin: AdminClien
             "x": "AA",
             "y": "AA",
             "alg": "ECDH-ES+A256KW",
-        }  # type: ignore[index]
+        }
         problem(http.post("/kbs/v0/attest", json=bad_key), 400, "InvalidTeePublicKey")
         unbound = attestation(nonce, key, bind_nonce=base64.b64encode(b"\1" * 32).decode())
         problem(http.post("/kbs/v0/attest", json=unbound), 401, "AttestationFailed")

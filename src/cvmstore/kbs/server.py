@@ -13,11 +13,16 @@ import json
 import logging
 import os
 import secrets
+import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import uvicorn
 from starlette.applications import Starlette
 
 from cvmstore.attest.certs import load_certificates, role_of
@@ -139,8 +144,6 @@ def build_service(config: KbsConfig, *, repository: Repository | None = None) ->
 
 def serve(config: KbsConfig) -> None:
     """Serve until SIGTERM/SIGINT (uvicorn; `workers` processes when above 1)."""
-    import uvicorn
-
     configure_logging(config.log_level)
     ssl: dict[str, Any] = {}
     if config.tls_certificate is not None and config.tls_key is not None:
@@ -170,7 +173,28 @@ def serve(config: KbsConfig) -> None:
     from cvmstore.kbs.app import create_app
 
     app = create_app(service, on_shutdown=service.repository.close)
-    uvicorn.run(app, **common)
+    _GracefulServer(uvicorn.Config(app, **common)).run()
+
+
+class _GracefulServer(uvicorn.Server):
+    """uvicorn's server, but a SIGTERM/SIGINT shutdown that completed exits with status 0.
+
+    uvicorn re-raises the signal after its graceful shutdown, so the process would end "killed
+    by SIGTERM"; a KBS that drained its requests and closed its database has succeeded.
+    """
+
+    @contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        handled = (signal.SIGINT, signal.SIGTERM)
+        original = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+        try:
+            yield
+        finally:
+            for sig, handler in original.items():
+                signal.signal(sig, handler)
 
 
 def _config_json(config: KbsConfig) -> str:
