@@ -13,14 +13,10 @@ import argparse
 import hashlib
 import json
 import struct
-import sys
 import textwrap
-from pathlib import Path
 from typing import Any
 
-from cvmstore.cli.common import NestedParser
-from cvmstore.cli.usage import UsageError
-from cvmstore.errors import FormatError
+from cvmstore.cli.common import NestedParser, add_measure_options, load_igvm, measure_igvm
 from cvmstore.igvm.format import (
     FIXED_HEADER,
     FIXED_HEADER_SIZE,
@@ -30,9 +26,7 @@ from cvmstore.igvm.format import (
     PageDataFlags,
     PageDataType,
     PlatformType,
-    parse_igvm,
 )
-from cvmstore.igvm.measure import Measurement, Style, measure_snp
 
 __all__ = ["register"]
 
@@ -147,47 +141,11 @@ def register(commands: Any) -> None:  # noqa: ANN401 (argparse's subparsers type
         help="hex: the digest alone (default); json: the digest, page counts by type, the "
         "options used and the ID block's digest",
     )
-    measure.add_argument(
-        "--style",
-        choices=("igvm", "igvmmeasure"),
-        default="igvm",
-        help="which reference tool to agree with where they differ (default: %(default)s; "
-        "see below)",
-    )
-    measure.add_argument(
-        "--native-zero",
-        action="store_true",
-        help="measure pages without data as SNP ZERO pages, as igvmmeasure -n does; QEMU "
-        "measures them as NORMAL pages of zeros, the default here",
-    )
-    measure.add_argument(
-        "--check-kvm",
-        action="store_true",
-        help="also enforce the QEMU/KVM rules (see below), as igvmmeasure -c does",
-    )
-    measure.add_argument(
-        "--ignore-idblock",
-        action="store_true",
-        help="print the digest even when the file's SNP ID block expects another one",
-    )
+    add_measure_options(measure)
     measure.set_defaults(handler=_measure, command_parser=NestedParser(measure))
 
 
 # ---------------------------------------------------------------- input
-
-
-def _load(name: str) -> tuple[bytes, IgvmFile]:
-    if name == "-":
-        data = sys.stdin.buffer.read()
-    else:
-        try:
-            data = Path(name).read_bytes()
-        except OSError as exc:
-            raise UsageError(f"cannot read {name}: {exc.strerror}") from None
-    try:
-        return data, parse_igvm(data)
-    except FormatError as exc:
-        raise type(exc)(f"{name}: {exc}") from None
 
 
 def _platform_names(igvm: IgvmFile) -> dict[int, str]:
@@ -214,7 +172,7 @@ def _flag_names(flags: int) -> list[str]:
 
 
 def _show(args: argparse.Namespace) -> int:
-    data, igvm = _load(args.file)
+    data, igvm = load_igvm(args.file)
     magic, version, vh_offset, vh_size, total, checksum = FIXED_HEADER.unpack_from(data, 0)
     headers = sorted([*igvm.headers, *igvm.skipped], key=lambda h: h.offset)
     platforms = _platform_names(igvm)
@@ -378,19 +336,8 @@ def _header_dict(header: Header, platforms: dict[int, str]) -> dict[str, Any]:
 
 
 def _measure(args: argparse.Namespace) -> int:
-    _, igvm = _load(args.file)
-    try:
-        result = measure_snp(
-            igvm, style=args.style, native_zero=args.native_zero, check_kvm=args.check_kvm
-        )
-    except FormatError as exc:
-        raise type(exc)(f"{args.file}: {exc}") from None
+    result = measure_igvm(args.file, args)
     matches = None if result.id_block_ld is None else result.id_block_ld == result.digest
-    if matches is False:
-        message = _id_block_mismatch(args, igvm, result)
-        if not args.ignore_idblock:
-            raise FormatError(f"{message}; --ignore-idblock prints the digest anyway)")
-        print(f"cvmstore: warning: {message}); ignored (--ignore-idblock)", file=sys.stderr)
     if args.format == "hex":
         print(result.hex)
         return 0
@@ -410,30 +357,3 @@ def _measure(args: argparse.Namespace) -> int:
     }
     print(json.dumps(document, indent=2))
     return 0
-
-
-def _id_block_mismatch(args: argparse.Namespace, igvm: IgvmFile, result: Measurement) -> str:
-    """Both digests, where the ID block is, and the options under which they would agree.
-
-    The text ends inside an open parenthesis, for the caller to finish.
-    """
-    assert result.id_block_ld is not None
-    blocks = [h for h in igvm.directives() if h.kind is HeaderType.SNP_ID_BLOCK]
-    where = f" at offset {blocks[-1].offset:#x}" if blocks else ""
-    message = (
-        f"{args.file}: the SNP ID block{where} expects launch digest "
-        f"{result.id_block_ld.hex()}, but the file measures {result.hex} (the firmware "
-        "refuses such a launch"
-    )
-    hints = []
-    styles: tuple[Style, ...] = ("igvm", "igvmmeasure")
-    for style in styles:
-        for native_zero in (False, True):
-            if (style, native_zero) == (args.style, args.native_zero):
-                continue
-            other = measure_snp(igvm, style=style, native_zero=native_zero)
-            if other.digest == result.id_block_ld:
-                hints.append(f"--style {style}" + (" --native-zero" if native_zero else ""))
-    if hints:
-        message += f"; it matches the digest with {', or with '.join(hints)}"
-    return message
