@@ -1,14 +1,18 @@
 """`cvmstore demo`: the whole story on embedded defaults, with every expectation checked.
 
 Each step does something for real, says what happened and what was expected, and the demo
-exits 0 only if every expectation held. It grows with the project: today it shows the block
-layer, the secure store on a pflash image with a file anchor, and the hostile host's attacks
-(a flipped bit, a restored older image, a clone, a wrong key) each detected.
+exits 0 only if every expectation held. The story: a key broker (in this process, on a free
+loopback port, SQLite in a temporary directory) and a simulated SEV-SNP guest. The volume is
+provisioned; boot 1 attests, receives the key, formats a pflash image and writes a vTPM state
+and a UEFI dbx; boot 2 reads them back and updates the dbx. Then the host attacks: a flipped
+bit, the image restored from before the dbx update, a clone, a guest from another image, and
+a forged KBS; each is detected.
 """
 
 from __future__ import annotations
 
-import os
+import hashlib
+import logging
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -17,18 +21,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+from cryptography.hazmat.primitives.serialization import Encoding
+
 from cvmstore._types import BlockIndex
 from cvmstore._units import format_size
+from cvmstore.attest.simulator import Simulator
 from cvmstore.block import FileDevice, ImageProfile, MemoryDevice
 from cvmstore.errors import (
     CvmstoreError,
     DeviceError,
     ForkError,
     IntegrityError,
+    KbsAuthError,
+    KbsIdentityError,
     RollbackError,
-    WrongKeyError,
 )
-from cvmstore.integrity import FileAnchor, format_store, open_store
+from cvmstore.guest import GuestConfig, boot
+from cvmstore.kbs.admin import AdminClient
+from cvmstore.kbs.config import KbsConfig
+from cvmstore.kbs.evidence_source import SimulatorEvidence
+from cvmstore.kbs.server import ADMIN_TOKEN_FILE, build_service, free_loopback_port, serve_in_thread
 from cvmstore.testing import CrashDevice, clone_file, exhaustive_state_count, flip_bit
 
 __all__ = ["DemoResult", "run_demo"]
@@ -141,7 +153,7 @@ def _block_layer(say: _Narrator, work: Path) -> None:
 
     say.step("Enumerate what a crash can leave", "every subset and every torn write", crash_states)
 
-    _secure_store(say, work, code)
+    _kbs_story(say, work, code)
 
 
 def _expect_error(kind: type[CvmstoreError], action: Callable[[], object]) -> tuple[bool, str]:
@@ -154,93 +166,216 @@ def _expect_error(kind: type[CvmstoreError], action: Callable[[], object]) -> tu
     return False, "nothing was detected"
 
 
-def _secure_store(say: _Narrator, work: Path, code: Path | None) -> None:
-    image = work / "svsm-store.img"
-    anchor = FileAnchor(work / "anchor.json")
-    key = os.urandom(32)
-    nv = b"vTPM NV state, boot 1".ljust(4096, b"\0")
-    dbx_old = b"dbx: 12 revoked hashes".ljust(4096, b"\0")
-    dbx_new = b"dbx: 13 revoked hashes (bootkit revoked)".ljust(4096, b"\0")
-    snapshots: dict[str, bytes] = {}
+#: The launch digest of the demo's (simulated) SVSM: what the volume's policy allows.
+SVSM_MEASUREMENT = hashlib.sha384(b"cvmstore demo: the SVSM image").digest()
+#: A guest launched from another image (say, with a debug shell added).
+OTHER_MEASUREMENT = hashlib.sha384(b"cvmstore demo: a modified SVSM image").digest()
+VOLUME = "svsm-state"
 
-    def first_boot() -> tuple[bool, str]:
-        size = 512 << 10
-        with FileDevice.create(image, size, profile=ImageProfile.PFLASH, firmware_code=code) as dev:
-            store = format_store(dev, key, anchor)
-            store.write(0, nv)
-            store.write(1, dbx_old)
-            generation = store.commit()
-            store.close()
-        snapshots["before dbx update"] = image.read_bytes()
-        raw = image.read_bytes()
-        leaked = b"vTPM NV state" in raw or b"revoked" in raw
-        return not leaked, (
-            f"formatted a {format_size(size)} store, committed generation {generation}; "
-            f"plaintext in the image file: {'YES' if leaked else 'none'}"
+
+@dataclass
+class _Kbs:
+    url: str
+    thumbprint: str
+    admin: AdminClient
+
+
+@contextmanager
+def _kbs(work: Path, name: str, simulator: Simulator) -> Iterator[_Kbs]:
+    """A KBS on a free loopback port: SQLite in `work/name`, the simulator's root trusted."""
+    data = work / name
+    data.mkdir(parents=True, exist_ok=True)
+    root = data / "simulator-ark.pem"
+    root.write_bytes(simulator.ark.public_bytes(Encoding.PEM))
+    config = KbsConfig(
+        listen=f"127.0.0.1:{free_loopback_port()}",
+        data_dir=data,
+        simulator_roots=(root,),
+        log_level="warning",
+    )
+    quiet = logging.getLogger("cvmstore.kbs")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # the demo narrates; the KBS's own log would interleave
+    service = build_service(config)
+    try:
+        with serve_in_thread(config, service) as url:
+            token = (data / ADMIN_TOKEN_FILE).read_text().strip()
+            with AdminClient(url, token) as admin:
+                yield _Kbs(url, service.signer.thumbprint, admin)
+    finally:
+        service.repository.close()
+        quiet.setLevel(level)
+
+
+def _kbs_story(say: _Narrator, work: Path, code: Path | None) -> None:
+    simulator = Simulator(seed="cvmstore demo", key_size=2048)
+    image = work / "svsm-volume.img"
+    vtpm = b"vTPM NV state: endorsement hierarchy, PCR policy, counters"
+    dbx_old = b"dbx: 12 revoked hashes"
+    dbx_new = b"dbx: 13 revoked hashes (the bootkit's shim revoked)"
+    saved: dict[str, bytes] = {}
+    with _kbs(work, "kbs", simulator) as kbs:
+        print(f"\nA key broker listens on {kbs.url} (SQLite in {work / 'kbs'}).", file=say.out)
+
+        def guest(measurement: bytes = SVSM_MEASUREMENT, key: str | None = None) -> GuestConfig:
+            evidence = SimulatorEvidence(simulator, {"measurement": measurement})
+            return GuestConfig(
+                kbs.url, VOLUME, evidence, kbs_key=key or kbs.thumbprint, retries=1, backoff=0.1
+            )
+
+        def provision() -> tuple[bool, str]:
+            kbs.admin.add_reference(SVSM_MEASUREMENT.hex())
+            policy = f'measurements = ["{SVSM_MEASUREMENT.hex()}"]\nallow_debug = false\n'
+            info = kbs.admin.create_volume(VOLUME, policy)
+            ok = info["version"] == 0 and info["generation"] is None
+            return ok, (
+                f"volume {VOLUME!r}: a random root secret, a policy allowing one launch"
+                f" measurement ({SVSM_MEASUREMENT.hex()[:16]}...), ledger at version"
+                f" {info['version']}; guests pin the KBS key {kbs.thumbprint[:12]}..."
+            )
+
+        say.step(
+            "Provision the volume at the KBS",
+            "a root secret and an empty ledger entry",
+            provision,
         )
 
-    say.step(
-        "Boot 1: format the store, write the vTPM state and the dbx",
-        "committed, anchored, and no plaintext in the image",
-        first_boot,
-    )
+        def first_boot() -> tuple[bool, str]:
+            size = 1 << 20
+            profile = ImageProfile.PFLASH
+            with (
+                FileDevice.create(image, size, profile=profile, firmware_code=code) as dev,
+                boot(dev, guest()) as booted,
+            ):
+                booted.fs.mkdir("/vtpm")
+                booted.fs.mkdir("/uefi")
+                with booted.fs.transaction():
+                    booted.fs.write_file("/vtpm/nv", vtpm)
+                    booted.fs.write_file("/uefi/dbx", dbx_old)
+                generation = booted.fs.store.generation
+            raw = image.read_bytes()
+            leaked = b"vTPM" in raw or b"revoked" in raw
+            ledger = kbs.admin.volume(VOLUME)
+            ok = booted.formatted and not leaked and ledger["generation"] == generation
+            return ok, (
+                f"attested, received the volume key, formatted {format_size(size)}"
+                f" {image.name}, wrote /vtpm/nv and /uefi/dbx as generation {generation};"
+                f" ledger at generation {ledger['generation']};"
+                f" plaintext in the image: {'YES' if leaked else 'none'}"
+            )
 
-    def second_boot() -> tuple[bool, str]:
-        with FileDevice.open(image) as dev:
-            store = open_store(dev, key, anchor)
-            ok = store.read(0) == nv and store.read(1) == dbx_old
-            store.write(1, dbx_new)
-            generation = store.commit()
-            store.close()
-        return ok, f"read both back intact; updated the dbx as generation {generation}"
+        say.step(
+            "Boot 1: attest, format the volume, write the vTPM state and the dbx",
+            "the key arrives only after attestation; every commit anchored; no plaintext",
+            first_boot,
+        )
+        saved["before dbx update"] = image.read_bytes()
 
-    say.step("Boot 2: reopen, verify, update the dbx", "the data reads back", second_boot)
+        def second_boot() -> tuple[bool, str]:
+            with FileDevice.open(image) as dev, boot(dev, guest()) as booted:
+                ok = (
+                    booted.fs.read_file("/vtpm/nv") == vtpm
+                    and booted.fs.read_file("/uefi/dbx") == dbx_old
+                )
+                booted.fs.write_file("/uefi/dbx", dbx_new)
+                generation = booted.fs.store.generation
+            return ok and not booted.formatted, (
+                f"attested again, verified freshness against the ledger, read both back;"
+                f" updated the dbx as generation {generation}"
+            )
 
-    def flip() -> tuple[bool, str]:
-        damaged = work / "damaged.img"
-        clone_file(image, damaged)
-        with FileDevice.open(damaged) as dev:
-            store = open_store(dev, key, anchor)
-            target = store.geometry.data_start
-            for block in range(store.geometry.data_start, dev.block_count):
-                if any(dev.read(BlockIndex(block))):
-                    target = block
-                    break
-            flip_bit(dev, target, 5)
-            return _expect_error(IntegrityError, lambda: [store.read(i) for i in range(2)])
+        say.step(
+            "Boot 2: attest, read back, update the dbx",
+            "the data reads back and the dbx update is anchored",
+            second_boot,
+        )
 
-    say.step("The host flips one bit of a data block", "an integrity error naming the block", flip)
+        def flip() -> tuple[bool, str]:
+            damaged = clone_file(image, work / "damaged.img")
+            with FileDevice.open(damaged) as dev:
+                good = saved["before dbx update"]
+                changed = [
+                    block
+                    for block in range(2, dev.block_count)
+                    if dev.read(BlockIndex(block)) != good[block * 4096 : (block + 1) * 4096]
+                ]
+                for block in changed:  # every block the dbx update wrote
+                    flip_bit(dev, block, 7)
 
-    def rollback() -> tuple[bool, str]:
-        old = work / "restored.img"
-        old.write_bytes(snapshots["before dbx update"])
-        with FileDevice.open(old) as dev:
-            return _expect_error(RollbackError, lambda: open_store(dev, key, anchor))
+                def read_dbx() -> bytes:
+                    with boot(dev, guest()) as booted:
+                        return booted.fs.read_file("/uefi/dbx")
 
-    say.step(
-        "The host restores the image from before the dbx update (the dbx rollback)",
-        "refused as a rollback by the anchor",
-        rollback,
-    )
+                return _expect_error(IntegrityError, read_dbx)
 
-    def fork() -> tuple[bool, str]:
-        twin = clone_file(image, work / "clone.img")
-        with FileDevice.open(image) as dev_a, FileDevice.open(twin) as dev_b:
-            first = open_store(dev_a, key, anchor)
-            second = open_store(dev_b, key, anchor)
-            first.write(0, b"guest A".ljust(4096, b"\0"))
-            first.commit()
-            second.write(0, b"guest B".ljust(4096, b"\0"))
-            return _expect_error(ForkError, second.commit)
+        say.step(
+            "The host flips a bit in each block the dbx update wrote",
+            "an integrity error naming the block; nothing wrong is returned",
+            flip,
+        )
 
-    say.step(
-        "The host starts a clone of the image beside the original",
-        "the second guest to commit is refused as a fork",
-        fork,
-    )
+        def rollback() -> tuple[bool, str]:
+            restored = work / "restored.img"
+            restored.write_bytes(saved["before dbx update"])
+            with FileDevice.open(restored) as dev:
+                return _expect_error(RollbackError, lambda: boot(dev, guest()).close())
 
-    def wrong_key() -> tuple[bool, str]:
-        with FileDevice.open(image) as dev:
-            return _expect_error(WrongKeyError, lambda: open_store(dev, os.urandom(32), anchor))
+        say.step(
+            "The host restores the image from before the dbx update (the dbx rollback a"
+            " bootkit needs to run a revoked boot loader again)",
+            "refused: the KBS ledger holds a newer generation",
+            rollback,
+        )
 
-    say.step("Someone opens the image with another key", "a wrong-key error", wrong_key)
+        def fork() -> tuple[bool, str]:
+            twin = clone_file(image, work / "clone.img")
+            with (
+                FileDevice.open(image) as dev_a,
+                FileDevice.open(twin) as dev_b,
+                boot(dev_a, guest()) as first,
+                boot(dev_b, guest()) as second,
+            ):
+                first.fs.write_file("/vtpm/nv", vtpm + b" (guest A)")
+                return _expect_error(
+                    ForkError, lambda: second.fs.write_file("/vtpm/nv", vtpm + b" (guest B)")
+                )
+
+        say.step(
+            "The host starts a clone of the image beside the original",
+            "the second guest to commit is refused as a fork by the ledger",
+            fork,
+        )
+
+        def other_image() -> tuple[bool, str]:
+            before = image.read_bytes()
+            with FileDevice.open(image) as dev:
+                ok, seen = _expect_error(
+                    KbsAuthError, lambda: boot(dev, guest(OTHER_MEASUREMENT)).close()
+                )
+            return ok and image.read_bytes() == before, seen + "; the image was not touched"
+
+        say.step(
+            "A guest launched from a modified image asks for the key",
+            "no key: its measurement is not the one the policy allows",
+            other_image,
+        )
+
+        with _kbs(work, "impostor", simulator) as impostor:
+            impostor.admin.add_reference(SVSM_MEASUREMENT.hex())
+            impostor.admin.create_volume(VOLUME, f'measurements = ["{SVSM_MEASUREMENT.hex()}"]')
+
+            def forged() -> tuple[bool, str]:
+                evidence = SimulatorEvidence(simulator, {"measurement": SVSM_MEASUREMENT})
+                config = GuestConfig(
+                    impostor.url, VOLUME, evidence, kbs_key=kbs.thumbprint, retries=0
+                )
+                before = image.read_bytes()
+                with FileDevice.open(image) as dev:
+                    ok, seen = _expect_error(KbsIdentityError, lambda: boot(dev, config).close())
+                return ok and image.read_bytes() == before, seen
+
+            say.step(
+                "The host answers with its own KBS (same protocol, same volume name)",
+                "refused before any key or ledger answer is used: not signed by the pinned key",
+                forged,
+            )

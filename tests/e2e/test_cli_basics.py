@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -39,9 +40,21 @@ def test_demo_succeeds_and_keeps_files(tmp_path: Path) -> None:
     proc = cvmstore("demo", "--keep", str(tmp_path / "kept"))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "FAILED" not in proc.stdout
-    assert "expectations held" in proc.stdout
-    assert (tmp_path / "kept").is_dir()
-    assert any((tmp_path / "kept").iterdir())
+    held = re.search(r"(\d+) of (\d+) expectations held", proc.stdout)
+    assert held is not None
+    assert held.group(1) == held.group(2)
+    # Each attack of the story is detected by its own error.
+    for detected in (
+        "IntegrityError",
+        "RollbackError",
+        "ForkError",
+        "KbsAuthError",
+        "KbsIdentityError",
+    ):
+        assert f"saw:      {detected}" in proc.stdout, detected
+    kept = tmp_path / "kept"
+    assert (kept / "kbs" / "kbs.db").is_file()
+    assert (kept / "svsm-volume.img").is_file()
 
 
 def test_bench_block_quick_json_prints_ratios(tmp_path: Path) -> None:

@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import uvicorn
-
 from cvmstore.attest.simulator import Simulator
-from cvmstore.kbs.app import create_app
 from cvmstore.kbs.config import KbsConfig
 from cvmstore.kbs.repository import Repository
-from cvmstore.kbs.server import ADMIN_TOKEN_FILE, build_service
+from cvmstore.kbs.server import (
+    ADMIN_TOKEN_FILE,
+    build_service,
+    free_loopback_port,
+    serve_in_thread,
+)
 from cvmstore.kbs.service import KbsService
 
 #: One simulator for the whole test run: making its RSA keys is the slow part.
@@ -24,10 +23,7 @@ SIMULATOR = Simulator(seed="cvmstore-kbs-tests", key_size=2048)
 MEASUREMENT = bytes.fromhex("ab" * 48)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+free_port = free_loopback_port
 
 
 def simulator_root(directory: Path) -> Path:
@@ -71,19 +67,5 @@ def live_kbs(
     service = build_service(config, repository=repository)
     token_file = data_dir / ADMIN_TOKEN_FILE
     admin_token = token_file.read_text().strip() if token_file.exists() else ""
-    app = create_app(service)
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False)
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the test KBS did not start")
-        time.sleep(0.01)
-    try:
-        yield LiveKbs(f"http://127.0.0.1:{port}", service, admin_token, config)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=20)
+    with serve_in_thread(config, service) as url:
+        yield LiveKbs(url, service, admin_token, config)

@@ -18,8 +18,12 @@ def register(commands: Any) -> None:  # noqa: ANN401 (argparse's subparsers type
         "demo",
         help="play the whole flow on embedded defaults, attacks included",
         description=(
-            "Play the whole cvmstore story with nothing to prepare: make an image, use it, "
-            "then play the hostile host and show each attack detected. Every step prints "
+            "Play the whole cvmstore story with nothing to prepare: a key broker on a free "
+            "loopback port (SQLite in a temporary directory) and a simulated SEV-SNP guest. "
+            "The volume is provisioned; boot 1 attests, receives the key, formats a pflash "
+            "image and writes a vTPM state and a UEFI dbx; boot 2 reads them back and updates "
+            "the dbx. Then the host attacks: a flipped bit, the image restored from before the "
+            "dbx update, a clone, a guest from another image, a forged KBS. Every step prints "
             "what happened and what was expected; the exit status is 0 only if every "
             "expectation held."
         ),

@@ -36,7 +36,15 @@ from cvmstore.kbs.storage import open_repository
 from cvmstore.kbs.tokens import SigningKey
 from cvmstore.kbs.verifier import EvidenceVerifier
 
-__all__ = ["ADMIN_TOKEN_FILE", "build_service", "configure_logging", "new_admin_token", "serve"]
+__all__ = [
+    "ADMIN_TOKEN_FILE",
+    "build_service",
+    "configure_logging",
+    "free_loopback_port",
+    "new_admin_token",
+    "serve",
+    "serve_in_thread",
+]
 
 ADMIN_TOKEN_FILE = "admin.token"
 _log = logging.getLogger("cvmstore.kbs")
@@ -195,6 +203,49 @@ class _GracefulServer(uvicorn.Server):
         finally:
             for sig, handler in original.items():
                 signal.signal(sig, handler)
+
+
+@contextmanager
+def serve_in_thread(config: KbsConfig, service: KbsService) -> Iterator[str]:
+    """Serve `service` on `config.listen` from a thread of this process; yields the base URL.
+
+    For the demo, tests and benchmarks: real HTTP on a real socket, stopped when the block
+    ends (requests in flight finish first).
+    """
+    from cvmstore.kbs.app import create_app
+
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(service),
+            host=config.host,
+            port=config.port,
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=5,
+        )
+    )
+    thread = threading.Thread(target=server.run, name="cvmstore-kbs", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            server.should_exit = True
+            raise RuntimeError(f"the KBS did not start on {config.listen}")
+        time.sleep(0.01)
+    try:
+        yield f"http://{config.listen}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def free_loopback_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def _config_json(config: KbsConfig) -> str:
