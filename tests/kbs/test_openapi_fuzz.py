@@ -1,0 +1,332 @@
+"""Schemathesis against the KBS app in process: no 5xx, and every answer as the document says.
+
+The cases come from `openapi_document()` (the same dict GET /kbs/v0/openapi.json serves; the
+document tests check that) and go to one ASGI app over SQLite in a temporary directory. The
+checks: not_a_server_error, status_code_conformance, content_type_conformance,
+response_schema_conformance and response_headers_conformance (the Set-Cookie, Retry-After and
+Cvmstore-Signature headers). Each problem document is checked down to its kind: the document
+lists, per status, the `title`s the code may answer.
+
+Four runs: guest endpoints with no credentials; /attest inside a fresh session; the resource
+and ledger endpoints with a valid attestation token (a `sample` TEE session, so that policy,
+volume, nonce and compare-and-swap paths are reached); the admin API with a valid admin token
+(and without one). Generation is deterministic (the `ci` hypothesis profile derandomizes; so
+does schemathesis's `deterministic`) and bounded by the profile's max_examples.
+
+At the end, requests the generator cannot make (JSON escapes of lone surrogates; a NUL on
+PostgreSQL), each a known 500 marked as a strict xfail until the server is fixed.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+import schemathesis
+from cryptography.hazmat.primitives.asymmetric import ec
+from hypothesis import settings
+from schemathesis.config import SchemathesisConfig
+from schemathesis.schemas import BaseSchema
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+from starlette.applications import Starlette
+
+from cvmstore.kbs.app import SESSION_COOKIE, create_app
+from cvmstore.kbs.binding import trustee_digest
+from cvmstore.kbs.config import PROTOCOL_VERSION, KbsConfig
+from cvmstore.kbs.jose import tee_jwk
+from cvmstore.kbs.openapi import openapi_document
+from cvmstore.kbs.problems import PROBLEM_CONTENT_TYPE
+from cvmstore.kbs.server import build_service, new_admin_token
+from cvmstore.kbs.service import KbsService
+from cvmstore.kbs.storage import open_repository
+from tests.kbs.support import make_repository
+
+#: Fuzzing examples per operation and run: the `ci` profile's bound (60) capped at 25, so the
+#: file stays well under a minute; a larger profile (`deep`) is taken as it is.
+_PROFILE_EXAMPLES = settings().max_examples
+MAX_EXAMPLES = min(_PROFILE_EXAMPLES, 25) if _PROFILE_EXAMPLES <= 60 else _PROFILE_EXAMPLES
+
+
+TestFunction = Callable[..., None]
+
+
+def load(*, coverage: bool, max_examples: int) -> BaseSchema:
+    """The document as schemathesis sees it: positive and negative cases, deterministic."""
+    config = SchemathesisConfig.from_dict(
+        {
+            "generation": {"mode": "all", "deterministic": True, "max-examples": max_examples},
+            "phases": {
+                "examples": {"enabled": True},
+                "coverage": {"enabled": coverage},
+                "fuzzing": {"enabled": True},
+                "stateful": {"enabled": False},
+            },
+        }
+    )
+    return schemathesis.openapi.from_dict(openapi_document(), config=config)
+
+
+def cases(schema: BaseSchema) -> Callable[[TestFunction], TestFunction]:
+    """`schema.parametrize()`, typed: one pytest item per operation, `case` generated."""
+    decorator: Callable[[TestFunction], TestFunction] = schema.parametrize()
+    return decorator
+
+
+SCHEMA = load(coverage=True, max_examples=MAX_EXAMPLES)
+#: Without a token every admin request is the same 401: a few cases per operation suffice.
+LIGHT = load(coverage=False, max_examples=5)
+CHECKS = [
+    schemathesis.checks.not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+    response_headers_conformance,
+]
+#: (run, operation, status, problem kind) of every case sent: test_fuzz_case_count reports them.
+CASES: Counter[tuple[str, str, int, str]] = Counter()
+
+SAMPLE_POLICY = b'tees = ["sample"]\n'
+TOKEN_RUN = "guest, attestation token"
+#: Answers past the first checks that a run must reach on an operation (when it ran).
+DEEP = [
+    (TOKEN_RUN, "GET /kbs/v0/resource/{repository}/{type}/{tag}", 200),
+    (TOKEN_RUN, "GET /kbs/v0/cvmstore/ledger/{volume}", 200),
+    (TOKEN_RUN, "POST /kbs/v0/cvmstore/ledger/{volume}", 200),
+    (TOKEN_RUN, "POST /kbs/v0/cvmstore/ledger/{volume}", 409),
+    ("attest, fresh session", "POST /kbs/v0/attest", 200),
+]
+
+
+@dataclass
+class Kbs:
+    app: Starlette
+    service: KbsService
+    admin_token: str
+    attestation_token: str
+
+
+def attest_sample(service: KbsService) -> str:
+    """A token for a `sample` TEE session (the service's own calls, no HTTP)."""
+    session, challenge = service.auth({"version": PROTOCOL_VERSION, "tee": "sample"})
+    jwk = tee_jwk(ec.generate_private_key(ec.SECP256R1()).public_key())
+    digest = trustee_digest(challenge["nonce"], jwk, "")
+    token, _ = service.attest(
+        session.session_id,
+        {
+            "runtime-data": {"nonce": challenge["nonce"], "tee-pubkey": jwk},
+            "tee-evidence": {
+                "primary_evidence": {"svn": 1, "report_data": base64.b64encode(digest).decode()},
+                "additional_evidence": "",
+            },
+        },
+    )
+    return token
+
+
+@pytest.fixture(scope="module")
+def kbs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kbs]:
+    data_dir: Path = tmp_path_factory.mktemp("kbs")
+    config = KbsConfig(data_dir=data_dir, allow_sample_tee=True, auth_burst=1_000_000)
+    repository = open_repository(f"sqlite:///{data_dir / 'kbs.db'}")
+    service = build_service(config, repository=repository)
+    try:
+        admin_token = new_admin_token(repository, "test")
+        # Something for the guest runs to find, at the paths the document's examples name:
+        # the resource default/sample/test and the volume vtpm, both readable by `sample`.
+        service.set_policy(SAMPLE_POLICY)
+        service.set_resource("default/sample/test", b"the secret")
+        service.create_volume("vtpm", SAMPLE_POLICY.decode())
+        token = attest_sample(service)
+        yield Kbs(create_app(service), service, admin_token, token)
+    finally:
+        repository.close()
+
+
+def call(case: Any, kbs: Kbs, run: str, **kwargs: Any) -> None:
+    response = case.call_and_validate(app=kbs.app, checks=CHECKS, **kwargs)
+    kind = ""
+    if response.headers.get("content-type", [""])[0] == PROBLEM_CONTENT_TYPE:
+        kind = response.json()["title"]
+    CASES[run, case.operation.label, response.status_code, kind] += 1
+
+
+@cases(SCHEMA.include(path_regex="^/(kbs/v0|healthz|metrics)"))
+def test_guest_endpoints_without_credentials(case: Any, kbs: Kbs) -> None:
+    call(case, kbs, "guest, no credentials")
+
+
+def bind_to_session(body: object, nonce: str) -> None:
+    """Aim a generated Attestation at the session: its nonce, and a sample binding to it.
+
+    Without this nearly every case would stop at NonceMismatch; with it the key and evidence
+    checks are reached, and a well-formed body (the document's example) attests.
+    """
+    if not isinstance(body, dict) or not isinstance(body.get("runtime-data"), dict):
+        return
+    runtime = body["runtime-data"]
+    runtime["nonce"] = nonce
+    evidence = body.get("tee-evidence")
+    if not isinstance(evidence, dict):
+        return
+    primary = evidence.get("primary_evidence")
+    additional = evidence.get("additional_evidence", "")
+    jwk = runtime.get("tee-pubkey")
+    if isinstance(primary, dict) and "report_data" in primary and isinstance(additional, str):
+        try:
+            digest = trustee_digest(nonce, jwk, additional)
+        except (TypeError, ValueError):  # not a JSON value RFC 8785 can encode
+            return
+        primary["report_data"] = base64.b64encode(digest).decode()
+
+
+@cases(SCHEMA.include(path="/kbs/v0/attest"))
+def test_attest_in_a_fresh_session(case: Any, kbs: Kbs) -> None:
+    session, challenge = kbs.service.auth({"version": PROTOCOL_VERSION, "tee": "sample"})
+    bind_to_session(case.body, challenge["nonce"])
+    call(case, kbs, "attest, fresh session", cookies={SESSION_COOKIE: session.session_id})
+
+
+@cases(SCHEMA.include(path_regex="^/kbs/v0/(resource|cvmstore)/"))
+def test_guest_endpoints_with_an_attestation_token(case: Any, kbs: Kbs) -> None:
+    call(
+        case,
+        kbs,
+        TOKEN_RUN,
+        headers={"Authorization": f"Bearer {kbs.attestation_token}"},
+    )
+
+
+@cases(SCHEMA.include(path_regex="^/admin/v0/"))
+def test_admin_api_with_the_admin_token(case: Any, kbs: Kbs) -> None:
+    call(case, kbs, "admin, admin token", headers={"Authorization": f"Bearer {kbs.admin_token}"})
+
+
+@cases(LIGHT.include(path_regex="^/admin/v0/"))
+def test_admin_api_without_a_token(case: Any, kbs: Kbs) -> None:
+    call(case, kbs, "admin, no token")
+
+
+def test_fuzz_case_count() -> None:
+    """Runs after the fuzz tests above (file order): how many cases, and the deep paths reached."""
+    if not CASES:
+        pytest.skip("the fuzz tests did not run in this session")
+    runs: Counter[str] = Counter()
+    for (run, *_), count in CASES.items():
+        runs[run] += count
+    print(f"\nschemathesis: {sum(runs.values())} cases; {dict(runs)}")
+    for key, count in sorted(CASES.items()):
+        print(f"{count:6}  {key}")
+    assert sum(runs.values()) < 20_000  # bounded
+    # The deep answers each operation must have reached (checked for the operations that ran,
+    # so that a -k selection still passes).
+    ran = {(run, label) for run, label, _, _ in CASES}
+    reached = {(run, label, status) for run, label, status, _ in CASES}
+    for run, label, status in DEEP:
+        if (run, label) in ran:
+            assert (run, label, status) in reached, (run, label, status)
+
+
+# ------------------------------------------------------------------ what the generator cannot make
+# Schemathesis only generates strings it can encode as UTF-8, so it never sends the JSON escape
+# of a lone surrogate ("\\ud800"), which Python's json module decodes into a str that cannot be
+# encoded. These requests are sent raw. Each one is a known server bug (a 500), reported to
+# the owner of the service; the xfail goes when the fix lands (strict: an XPASS fails).
+
+LONE_SURROGATE = "\\ud800"  # the six characters of the JSON escape
+
+
+def send(app: Starlette, method: str, path: str, body: str, headers: dict[str, str]) -> int:
+    async def go() -> int:
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://kbs") as client:
+            response = await client.request(
+                method, path, content=body.encode("ascii"), headers=headers
+            )
+            return response.status_code
+
+    return anyio.run(go)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="service.py KbsService.attest: hmac.compare_digest(nonce.encode(), ...) raises"
+    " UnicodeEncodeError for a nonce with a lone surrogate: 500 for anyone holding a fresh"
+    " /auth session (fix: refuse lone surrogates in app.json_body/strict_json with 400)",
+)
+def test_a_lone_surrogate_in_the_attest_nonce_is_refused(kbs: Kbs) -> None:
+    session, _ = kbs.service.auth({"version": PROTOCOL_VERSION, "tee": "sample"})
+    body = f'{{"runtime-data": {{"nonce": "{LONE_SURROGATE}"}}}}'
+    cookie = {"Cookie": f"{SESSION_COOKIE}={session.session_id}"}
+    assert send(kbs.app, "POST", "/kbs/v0/attest", body, cookie) == 400
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="binding.trustee_digest (verifier.py _sample and _match_binding) raises rfc8785"
+    " CanonicalizationError for a lone surrogate in additional_evidence or a tee-pubkey"
+    " member: 500 (with SNP, for any evidence whose AMD signature verifies)",
+)
+def test_a_lone_surrogate_in_additional_evidence_is_refused(kbs: Kbs) -> None:
+    kbs.service.set_policy(SAMPLE_POLICY)  # the admin fuzz run may have replaced it
+    session, challenge = kbs.service.auth({"version": PROTOCOL_VERSION, "tee": "sample"})
+    jwk = tee_jwk(ec.generate_private_key(ec.SECP256R1()).public_key())
+    attestation = {
+        "runtime-data": {"nonce": challenge["nonce"], "tee-pubkey": jwk},
+        "tee-evidence": {
+            "primary_evidence": {"svn": 1, "report_data": "AAAA"},
+            "additional_evidence": "@",
+        },
+    }
+    body = json.dumps(attestation).replace('"@"', f'"{LONE_SURROGATE}"')
+    cookie = {"Cookie": f"{SESSION_COOKIE}={session.session_id}"}
+    assert send(kbs.app, "POST", "/kbs/v0/attest", body, cookie) in (400, 401)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="service.py KbsService.create_volume: policy_text.encode() raises UnicodeEncodeError"
+    " for a policy string with a lone surrogate: 500 (admin only)",
+)
+def test_a_lone_surrogate_in_a_volume_policy_is_refused(kbs: Kbs) -> None:
+    body = f'{{"name": "surrogate", "policy": "{LONE_SURROGATE}"}}'
+    admin = {"Authorization": f"Bearer {kbs.admin_token}"}
+    assert send(kbs.app, "POST", "/admin/v0/volumes", body, admin) == 400
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="storage/postgres.py: a NUL in an admin path parameter that service.py passes to"
+    " the database unchecked (volume_info, delete_reference) raises psycopg DataError: 500 on"
+    " PostgreSQL (SQLite answers 404); admin only",
+)
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("GET", "/admin/v0/volumes/a%00b"), ("DELETE", "/admin/v0/references/a%00b")],
+)
+def test_a_nul_in_an_admin_path_is_not_a_server_error_on_postgresql(
+    tmp_path: Path, method: str, path: str
+) -> None:
+    repository = make_repository("postgresql", tmp_path)
+    try:
+        service = build_service(KbsConfig(data_dir=tmp_path), repository=repository)
+        admin = {"Authorization": f"Bearer {new_admin_token(repository, 'test')}"}
+        assert send(create_app(service), method, path, "", admin) == 404
+    finally:
+        repository.close()
