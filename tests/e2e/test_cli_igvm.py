@@ -402,7 +402,7 @@ def test_help_teaches() -> None:
         "measurements = [...]",
         "docs/attestation-policy.md",
         "cvmstore kbs admin add-reference --igvm FILE",
-        "it does not exist yet",
+        "registers the digest with a key broker",
         "--ignore-idblock",
         "0xfffffffff000",
         "CR0 is 0x31 or 0x30",

@@ -38,9 +38,8 @@ _DIGEST_TEXT = (
     "MEASUREMENT (offset 0x90 of its attestation report), so it is the reference value a\n"
     "key broker checks: list it in a policy's `measurements = [...]`\n"
     "(docs/attestation-policy.md) and check reports with `cvmstore snp verify REPORT\n"
-    "--policy FILE`. A command that takes the IGVM file directly, `cvmstore kbs admin\n"
-    "add-reference --igvm FILE`, is planned with the key broker work; it does not exist\n"
-    "yet."
+    "--policy FILE`. `cvmstore kbs admin add-reference --igvm FILE` measures the file\n"
+    "the same way and registers the digest with a key broker in one step."
 )
 
 _MEASURE_EPILOG = """\

@@ -7,6 +7,7 @@ Every call carries the admin token as a Bearer credential. Refusals raise the ma
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -17,6 +18,7 @@ from cvmstore.errors import (
     KbsUnreachableError,
     ResourceNotFoundError,
 )
+from cvmstore.kbs.client import tls_verify
 
 __all__ = ["AdminClient"]
 
@@ -36,7 +38,7 @@ class AdminClient:
         self.url = url.rstrip("/")
         self._http = httpx.Client(
             base_url=self.url,
-            verify=verify,
+            verify=tls_verify(verify),
             timeout=timeout,
             transport=transport,
             headers={"Authorization": f"Bearer {token}"},
@@ -57,11 +59,11 @@ class AdminClient:
 
     def set_resource(self, path: str, value: bytes) -> None:
         """Create or replace the resource at "repository/type/tag"."""
-        self._call("PUT", f"/admin/v0/resource/{path}", content=value)
+        self._call("PUT", f"/admin/v0/resource/{_path(path)}", content=value)
 
     def delete_resource(self, path: str) -> None:
         """Delete a resource."""
-        self._call("DELETE", f"/admin/v0/resource/{path}")
+        self._call("DELETE", f"/admin/v0/resource/{_path(path)}")
 
     def list_resources(self) -> list[str]:
         """Every resource path."""
@@ -77,7 +79,7 @@ class AdminClient:
 
     def set_resource_policy(self, path: str, document: bytes) -> dict[str, Any]:
         """Set which evidence may read the resource at `path`."""
-        return self._call("PUT", f"/admin/v0/resource-policy/{path}", content=document)
+        return self._call("PUT", f"/admin/v0/resource-policy/{_path(path)}", content=document)
 
     def add_reference(self, measurement: str) -> bool:
         """Register a reference launch measurement (96 hex digits); False if known already."""
@@ -87,7 +89,7 @@ class AdminClient:
 
     def delete_reference(self, measurement: str) -> None:
         """Withdraw a reference measurement."""
-        self._call("DELETE", f"/admin/v0/references/{measurement}")
+        self._call("DELETE", f"/admin/v0/references/{_segment(measurement)}")
 
     def create_volume(self, name: str, policy: str) -> dict[str, Any]:
         """Make a volume (root secret, policy, ledger entry at version 0)."""
@@ -95,7 +97,7 @@ class AdminClient:
 
     def volume(self, name: str) -> dict[str, Any]:
         """A volume's ledger entry and audit log."""
-        return self._call("GET", f"/admin/v0/volumes/{name}")
+        return self._call("GET", f"/admin/v0/volumes/{_segment(name)}")
 
     def volumes(self) -> list[str]:
         """Every volume name."""
@@ -119,8 +121,10 @@ class AdminClient:
         try:
             body = response.json()
         except ValueError:
-            body = {}
-        if response.is_success and isinstance(body, dict):
+            body = None
+        if response.is_success:
+            if not isinstance(body, dict):
+                raise KbsProtocolError(f"{method} {path}: the KBS answered with no JSON object")
             return body
         detail = body.get("detail") if isinstance(body, dict) else None
         message = (
@@ -131,8 +135,19 @@ class AdminClient:
             error = KbsAuthError
         elif response.status_code == 404:
             error = ResourceNotFoundError
-        elif response.is_success:
-            error = KbsProtocolError
         else:
             error = KbsError
         raise error(message)
+
+
+def _segment(value: str) -> str:
+    """One URL path segment, escaped: a value can never reach another endpoint."""
+    return quote(value, safe="")
+
+
+def _path(path: str) -> str:
+    """A resource path "repository/type/tag", each part escaped on its own."""
+    parts = path.split("/")
+    if len(parts) != 3:
+        raise ValueError(f"a resource path is repository/type/tag, not {path[:60]!r}")
+    return "/".join(_segment(part) for part in parts)

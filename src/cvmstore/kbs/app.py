@@ -123,9 +123,15 @@ def create_app(service: KbsService, *, on_shutdown: Callable[[], None] | None = 
     async def json_body(request: Request) -> object:
         raw = await body_bytes(request)
         try:
-            return strict_json(raw, "request body")
+            value = strict_json(raw, "request body")
+            # JSON can escape a lone surrogate ("\\ud800"): valid JSON, but no text any
+            # other reader (or our own hashing and database) can take. Refuse it here, once.
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
         except FormatError as exc:
             raise Problem(400, "InvalidRequest", str(exc)[:300]) from None
+        except UnicodeEncodeError:
+            raise Problem(400, "InvalidRequest", "the body holds a lone surrogate") from None
+        return value
 
     def credentials(request: Request) -> Credentials:
         header = request.headers.get("authorization")

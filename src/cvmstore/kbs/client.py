@@ -16,6 +16,7 @@ import base64
 import hashlib
 import json
 import secrets
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -105,7 +106,7 @@ class KbsClient:
         self.backoff = backoff
         self._sleep = sleep
         self._http = httpx.Client(
-            base_url=self.url, verify=verify, timeout=timeout, transport=transport
+            base_url=self.url, verify=tls_verify(verify), timeout=timeout, transport=transport
         )
         self._key: ec.EllipticCurvePrivateKey | None = None
         self.token: str | None = None
@@ -324,6 +325,13 @@ class KbsClient:
                 return response
             raise _refusal(response, method, path)
         raise AssertionError("unreachable")
+
+
+def tls_verify(verify: bool | str) -> bool | ssl.SSLContext:
+    """Httpx's `verify` from ours: True (system CAs), False, or a CA bundle file's path."""
+    if isinstance(verify, str):
+        return ssl.create_default_context(cafile=verify)
+    return verify
 
 
 def _refusal(response: httpx.Response, method: str, path: str) -> KbsError:

@@ -105,7 +105,10 @@ def load_master_key(path: Path | None, data_dir: Path, *, create: bool) -> tuple
         )
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     key = secrets.token_bytes(32)
-    fd = os.open(default, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        fd = os.open(default, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:  # another process made it first: use theirs
+        return _parse(default.read_bytes(), f"master key file {default}"), f"file {default}"
     with os.fdopen(fd, "wb") as f:
         f.write(key.hex().encode("ascii") + b"\n")
         f.flush()

@@ -15,6 +15,7 @@ import os
 import secrets
 import signal
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -61,7 +62,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        entry.update({k: v for k, v in vars(record).items() if k not in _STANDARD})
+        entry.update(
+            {k: v for k, v in vars(record).items() if k not in _STANDARD and k != "color_message"}
+        )
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)
@@ -102,12 +105,21 @@ def new_admin_token(repository: Repository, label: str) -> str:
 
 
 def write_secret_file(path: Path, text: str) -> None:
-    """Write `text` to a new file readable by the owner only."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    """Write `text` to `path`, readable by the owner only (a file there is replaced).
+
+    A fresh 0600 file is renamed over the target, so an older file's wider mode never
+    carries over to the secret.
+    """
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.resolve().parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def build_service(config: KbsConfig, *, repository: Repository | None = None) -> KbsService:
@@ -168,6 +180,9 @@ def serve(config: KbsConfig) -> None:
         **ssl,
     }
     if config.workers > 1:
+        # Set up once here (schema, master key, signing key, first admin token), so the
+        # workers only load what exists and never race to make it.
+        build_service(config).repository.close()
         # Each worker builds its own service from the configuration, passed by environment.
         os.environ["CVMSTORE_KBS_CONFIG_JSON"] = _config_json(config)
         uvicorn.run(

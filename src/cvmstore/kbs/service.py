@@ -354,7 +354,9 @@ class KbsService:
 
     def delete_reference(self, measurement: str) -> None:
         """Withdraw a reference measurement (404 if it was not registered)."""
-        if not self.repository.delete_reference(REFERENCE_KIND, measurement.lower()):
+        if not _HEX48.fullmatch(measurement) or not self.repository.delete_reference(
+            REFERENCE_KIND, measurement.lower()
+        ):
             raise Problem(404, "NotFound", "that measurement is not registered")
 
     def create_volume(self, name: object, policy_text: object) -> VolumeRecord:
@@ -377,7 +379,7 @@ class KbsService:
 
     def volume_info(self, name: str) -> dict[str, Any]:
         """A volume's ledger entry and audit log (no secret)."""
-        record = self.repository.get_volume(name)
+        record = self.repository.get_volume(name) if _VOLUME.fullmatch(name) else None
         if record is None:
             raise Problem(404, "VolumeNotFound", f"no volume named {name!r}")
         return volume_document(record, self.repository.audit_log(name))
