@@ -510,11 +510,6 @@ def test_cookie_and_token_lifetimes_follow_the_configuration(
         assert session.claims["exp"] - session.claims["iat"] == 120
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="docs/kbs-api.md: 'Every GET endpoint also answers HEAD', but HEAD on the ledger "
-    "read answers 400 (application/problem+json) before any credential or volume check",
-)
 def test_head_on_the_ledger_read(kbs: Kbs) -> None:
     with kbs.client() as client:
         session = kbs.attested(client)

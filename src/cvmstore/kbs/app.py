@@ -189,7 +189,7 @@ def create_app(service: KbsService, *, on_shutdown: Callable[[], None] | None = 
     async def ledger(request: Request) -> Response:
         volume = request.path_params["volume"]
         creds = credentials(request)
-        if request.method == "GET":
+        if request.method in ("GET", "HEAD"):
             nonce = request.query_params.get("nonce")
             answer = await call(lambda: service.ledger_read(creds, volume, nonce))
             return JSONResponse({"answer": answer})
