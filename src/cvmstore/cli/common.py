@@ -1,42 +1,161 @@
 """What command groups share: the image options, nested parsers, the IGVM measurement.
 
-The image commands' key and anchor options and opening an image; the nested parser of the
-`snp` and `igvm` groups; the measurement options and digest of `igvm measure`, which
-`kbs admin add-reference --igvm` computes the same way.
+The image commands' key and anchor options and opening an image, in both of their modes:
+`cvmstore mkfs IMAGE --key-file ... --anchor ...` takes the key and the anchor from local
+files, `cvmstore guest mkfs --image IMAGE --kbs ... --volume ...` from a KBS (attest, receive
+the volume's key, open under the KBS ledger: `cvmstore.guest.boot`), and the same handlers
+run in both. Also the nested parser of the `snp`, `igvm` and `guest` groups, and the
+measurement options and digest of `igvm measure`, which `kbs admin add-reference --igvm`
+computes the same way.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import hashlib
+import math
+import os
+import re
+import ssl
 import sys
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+import textwrap
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from cvmstore.attest.configfs import DEFAULT_ROOT as TSM_REPORT_ROOT
+from cvmstore.attest.simulator import (
+    _LIFETIME,
+    _PSS,
+    DEFAULT_MEASUREMENT,
+    Simulator,
+    _key_usage,
+    _RsaCa,
+)
 from cvmstore.block.file import FileDevice
+from cvmstore.block.protocol import BlockDevice
 from cvmstore.cli.keys import load_key
 from cvmstore.cli.usage import UsageError
-from cvmstore.errors import FormatError
-from cvmstore.fs import Filesystem, open_filesystem
+from cvmstore.errors import AnchorError, FormatError, RollbackError
+from cvmstore.fs import Filesystem, make_filesystem, open_filesystem
 from cvmstore.igvm.format import HeaderType, IgvmFile, parse_igvm
 from cvmstore.igvm.measure import Measurement, Style, measure_snp
 from cvmstore.integrity.anchor import Anchor, FileAnchor, NoAnchor
 
+if TYPE_CHECKING:
+    from cvmstore.guest import GuestConfig
+    from cvmstore.kbs.evidence_source import EvidenceSource
+
+# The guest mode's KBS client (httpx, JOSE) and boot flow are imported where they are used,
+# so that the image commands do not load them.
+
 __all__ = [
+    "GUEST_EPILOG",
+    "GUEST_EXAMPLE",
+    "GUEST_FLOW",
+    "KBS_KEY_ENV",
+    "KBS_URL_ENV",
+    "SEED_HELP",
+    "SIMULATOR_KEY_SIZE",
+    "SIMULATOR_SEED",
+    "Formatter",
     "NestedParser",
+    "add_guest_options",
     "add_image_options",
     "add_measure_options",
+    "anchor_name",
     "default_anchor",
+    "formatter",
+    "guest_config",
+    "is_guest",
     "load_igvm",
+    "make_simulator",
     "measure_igvm",
     "opened",
     "parse_anchor",
+    "seeded_rsa_key",
 ]
 
 ANCHOR_HELP = (
     "where the trusted record of the newest commit lives: file:PATH (a local file; default "
     "IMAGE.anchor beside the image) or none (no rollback or clone detection)"
 )
+
+
+# ---------------------------------------------------------------- guest mode: the help
+
+KBS_URL_ENV = "CVMSTORE_KBS_URL"  # the variable `kbs admin` reads too
+KBS_KEY_ENV = "CVMSTORE_KBS_KEY"
+SIMULATOR_SEED = "cvmstore"
+#: RSA size of the simulator's ARK and ASK. AMD's are 4096 bits, but this root is derived
+#: from the seed in pure Python (OpenSSL takes no seed), again in every guest command:
+#: measured on a 2-core x86-64 VM, 0.1-0.8 s at 2048 bits, 4-10 s at 4096.
+SIMULATOR_KEY_SIZE = 2048
+SEED_HELP = (
+    f"simulator: the seed its chip and root keys are derived from (default: {SIMULATOR_SEED}); "
+    "the same seed gives the same root in every process"
+)
+_VOLUME_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # as the KBS checks it
+_THUMBPRINT = re.compile(r"[A-Za-z0-9_-]{43}")  # RFC 7638: base64url SHA-256, unpadded
+_MEASUREMENT_BYTES = 48  # SHA-384
+
+GUEST_FLOW = """\
+how every guest command runs (a confidential VM's early boot):
+  1. attest: SEV-SNP evidence bound to a fresh key (the hardware's, through configfs-tsm; or
+     the simulator's) goes to the KBS through Trustee's RCAR handshake. Every answer must be
+     signed by the pinned KBS key (--kbs-key): a forged KBS is refused (45).
+  2. key: the KBS releases the volume's root secret only when the evidence satisfies the
+     volume's policy (else 43).
+  3. open: the image is opened with the KBS ledger as its anchor. An image older than the
+     ledger is a rollback (8), one that diverged from it a fork (9): the volume is not
+     opened and nothing is written. Every commit advances the ledger.
+  `guest mkfs` makes the image and formats it while the ledger anchors nothing yet; when
+  the ledger already anchors a state of the volume it refuses (8) and leaves no file. The
+  other commands open an existing image.
+"""
+GUEST_EXAMPLE = f"""\
+example (a test host: the simulator stands in for the SEV-SNP hardware):
+  cvmstore guest simulator-ark ark.pem     # also prints the measurement its reports carry
+  echo 'simulator_roots = ["ark.pem"]' > kbs.toml
+  cvmstore kbs serve --config kbs.toml &
+  export {KBS_URL_ENV}=http://127.0.0.1:8080 CVMSTORE_KBS_TOKEN_FILE=kbs-data/admin.token
+  cvmstore kbs admin add-reference MEASUREMENT
+  echo 'measurements = ["MEASUREMENT"]' > vm1.toml
+  cvmstore kbs admin volume create vm1 --policy vm1.toml
+  cvmstore kbs admin token-key             # the thumbprint guests pin
+  export {KBS_KEY_ENV}=THUMBPRINT
+  cvmstore guest mkfs --image vm1.img --size 16M --volume vm1 --evidence simulator
+  cvmstore guest put --image vm1.img --volume vm1 --evidence simulator tpm.state /nv
+  cvmstore guest get --image vm1.img --volume vm1 --evidence simulator /nv tpm.state
+Inside an SEV-SNP guest with configfs-tsm, leave --evidence out: the hardware attests.
+"""
+GUEST_EXIT = f"""\
+exit status (and the file commands' own, as `cvmstore --help` lists them):
+    0  success
+    2  usage error: bad arguments; also no --kbs-key nor ${KBS_KEY_ENV} and no
+       --insecure-no-pin, or no configfs-tsm and no --evidence simulator
+    4  NotAnImageError: a blank image (only mkfs formats one)
+    6  WrongKeyError: the image is another volume's
+    7  IntegrityError: the image is damaged
+    8  RollbackError: the image is older than the ledger (a restored copy), or mkfs while
+       the ledger already anchors a state of the volume
+    9  ForkError: another copy of the image advanced the ledger
+   13  AnchorError: the ledger anchors another store than this image's
+   30  AttestationError: configfs-tsm could not make a report
+   41  KbsUnreachableError: no KBS answers at the URL (after --retries)
+   42  KbsProtocolError: an answer that is not the KBS protocol's
+   43  KbsAuthError: the KBS refused the evidence, or the volume's policy did
+   44  ResourceNotFoundError: the KBS has no such volume
+   45  KbsIdentityError: an answer not signed by the pinned key (a forged KBS)
+"""
+#: The help of `guest` and of each of its image actions.
+GUEST_EPILOG = f"{GUEST_FLOW}\n{GUEST_EXAMPLE}\n{GUEST_EXIT}"
 
 
 def default_anchor(image: str) -> str:
@@ -66,9 +185,34 @@ def add_image_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--anchor", metavar="SPEC", help=ANCHOR_HELP)
 
 
+def is_guest(args: argparse.Namespace) -> bool:
+    """Whether `args` are a guest command's (`cvmstore guest ...`): the KBS gives key and anchor."""
+    return bool(getattr(args, "guest", False))
+
+
+def anchor_name(args: argparse.Namespace) -> str:
+    """The anchor, as `mkfs` and `info` show it."""
+    if is_guest(args):
+        return f"kbs {_kbs_url(args)} volume {args.volume}"
+    return str(args.anchor or default_anchor(args.image))
+
+
 @contextmanager
 def opened(args: argparse.Namespace, *, write: bool) -> Iterator[Filesystem]:
-    """Open the filesystem of `args.image` (read-only unless `write`) and close it after."""
+    """Open the filesystem of `args.image` (read-only unless `write`) and close it after.
+
+    The key and the anchor come from --key-file and --anchor, or for a guest command from
+    the KBS (`cvmstore.guest.boot`, which never formats here: a blank image is refused).
+    """
+    if is_guest(args):
+        config = guest_config(args)
+        device = FileDevice.open(args.image, read_only=not write)
+        try:
+            with _booted(device, config, format_if_blank=False) as fs:
+                yield fs
+        finally:
+            device.close()
+        return
     key = load_key(args.key_file)
     anchor = parse_anchor(args.anchor or default_anchor(args.image))
     device = FileDevice.open(args.image, read_only=not write)
@@ -80,6 +224,338 @@ def opened(args: argparse.Namespace, *, write: bool) -> Iterator[Filesystem]:
             fs.close()
     finally:
         device.close()
+
+
+#: Formats a new volume on a device; the filesystem is closed at the end of the block.
+Formatter = Callable[[BlockDevice], AbstractContextManager[Filesystem]]
+
+
+def formatter(args: argparse.Namespace) -> Formatter:
+    """What `mkfs` formats the new image with, its options checked before any file is made.
+
+    Image mode: the key from --key-file, the anchor from --anchor (an existing anchor file
+    is refused, or with --force replaced). Guest mode: the KBS, through `boot` with
+    `format_if_blank`; with --force over an existing image, the ledger is read first, and a
+    ledger that already anchors a state is refused (RollbackError) before the image is
+    overwritten, as `boot` would refuse it after.
+    """
+    if is_guest(args):
+        config = guest_config(args)
+        if args.force and os.path.lexists(args.image):
+            _refuse_anchored_ledger(config, args.image)
+        return lambda device: _booted(device, config, format_if_blank=True)
+    key = load_key(args.key_file)
+    anchor = parse_anchor(args.anchor or default_anchor(args.image))
+    force: bool = args.force
+
+    def make(device: BlockDevice) -> Filesystem:
+        if isinstance(anchor, FileAnchor) and anchor.path.exists():
+            # The record of whatever volume was made against it: a new volume cannot use it.
+            if not force:
+                raise AnchorError(
+                    f"anchor {anchor.path} already exists (it records another volume): "
+                    f"remove it, or use --force to replace it too"
+                )
+            anchor.path.unlink()
+        return make_filesystem(device, key, anchor)
+
+    return make
+
+
+def add_guest_options(parser: argparse.ArgumentParser) -> None:
+    """`--image FILE` and the KBS and evidence options, in place of IMAGE, --key-file, --anchor.
+
+    The parser's help gets the guest flow, an example and the exit statuses (`GUEST_EPILOG`).
+    """
+    parser.description = textwrap.fill(parser.description or "", 88)
+    parser.epilog = GUEST_EPILOG
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("--image", required=True, metavar="FILE", help="the image file")
+    kbs = parser.add_argument_group("the KBS (the volume's key and its anchor come from it)")
+    kbs.add_argument("--kbs", metavar="URL", help=f"the KBS's base URL (default: ${KBS_URL_ENV})")
+    kbs.add_argument(
+        "--volume",
+        required=True,
+        metavar="NAME",
+        help="the volume's name at the KBS (`cvmstore kbs admin volume create NAME`)",
+    )
+    pin = kbs.add_mutually_exclusive_group()
+    pin.add_argument(
+        "--kbs-key",
+        metavar="THUMBPRINT",
+        help="the thumbprint of the KBS's signing key, as `cvmstore kbs admin token-key` "
+        f"prints it (default: ${KBS_KEY_ENV}); an answer signed by another key is refused "
+        "(exit 45)",
+    )
+    pin.add_argument(
+        "--insecure-no-pin",
+        action="store_true",
+        help=f"with no --kbs-key (it overrides ${KBS_KEY_ENV}): accept answers signed by any "
+        "key; development only, a forged KBS then goes undetected",
+    )
+    kbs.add_argument(
+        "--ca",
+        metavar="FILE",
+        help="for https: trust the CA certificates in FILE (PEM) instead of the system's",
+    )
+    kbs.add_argument(
+        "--binding",
+        choices=("trustee", "svsm"),
+        default="trustee",
+        help="how the guest's key is bound into the report: Trustee's JSON binding, or "
+        "COCONUT-SVSM's SHA-512 (the volume's policy must allow it; default: %(default)s)",
+    )
+    kbs.add_argument(
+        "--retries",
+        type=int,
+        default=4,
+        metavar="N",
+        help="connection attempts after the first, 0.25 s apart and doubling, before exit 41 "
+        "(default: %(default)s)",
+    )
+    evidence = parser.add_argument_group("evidence")
+    evidence.add_argument(
+        "--evidence",
+        choices=("simulator", "configfs"),
+        help=f"configfs: the SEV-SNP hardware's reports through configfs-tsm ({TSM_REPORT_ROOT}), "
+        "the default where it exists; simulator: reports signed by the attestation simulator, "
+        "for a KBS that trusts its root (`cvmstore guest simulator-ark`): tests and demos only",
+    )
+    evidence.add_argument("--simulator-seed", metavar="TEXT", help=SEED_HELP)
+    evidence.add_argument(
+        "--measurement",
+        metavar="HEX",
+        help="simulator: the launch measurement its reports carry, 96 hex digits (default: "
+        "the simulator's, which `cvmstore guest simulator-ark` prints)",
+    )
+
+
+def guest_config(args: argparse.Namespace) -> GuestConfig:
+    """The guest options of `args`, checked, as a `GuestConfig` (warns of --insecure-no-pin).
+
+    Raises:
+        UsageError: no KBS URL, a bad volume name, no key to pin (and no --insecure-no-pin),
+            a malformed thumbprint or measurement, no evidence source, an unreadable --ca.
+    """
+    from cvmstore.guest import GuestConfig
+
+    url = _kbs_url(args)
+    if not _VOLUME_NAME.fullmatch(args.volume):
+        raise UsageError(
+            f"--volume {args.volume[:80]!r}: expected 1-64 of [A-Za-z0-9._-], not starting "
+            "with . - _"
+        )
+    if args.retries < 0:
+        raise UsageError(f"--retries {args.retries}: expected 0 or more")
+    kbs_key: str | None = None
+    if args.insecure_no_pin:
+        print(
+            "cvmstore: warning: --insecure-no-pin: answers signed by any key are accepted, so a "
+            "forged KBS goes undetected (development only)",
+            file=sys.stderr,
+        )
+    else:
+        kbs_key = args.kbs_key or os.environ.get(KBS_KEY_ENV)
+        if not kbs_key:
+            raise UsageError(
+                f"no KBS key to pin: use --kbs-key THUMBPRINT or set ${KBS_KEY_ENV} (`cvmstore "
+                "kbs admin token-key` prints it); --insecure-no-pin accepts any KBS "
+                "(development only)"
+            )
+        if not _THUMBPRINT.fullmatch(kbs_key):
+            raise UsageError(
+                f"KBS key {kbs_key[:80]!r}: expected a thumbprint, 43 base64url characters "
+                "(`cvmstore kbs admin token-key` prints it)"
+            )
+    return GuestConfig(
+        url,
+        args.volume,
+        _evidence(args),
+        kbs_key=kbs_key,
+        binding=args.binding,
+        verify=_tls_verify(args.ca),
+        retries=args.retries,
+    )
+
+
+def _kbs_url(args: argparse.Namespace) -> str:
+    url: str | None = args.kbs or os.environ.get(KBS_URL_ENV)
+    if not url:
+        raise UsageError(f"no KBS given: use --kbs URL, or set ${KBS_URL_ENV}")
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in ("http", "https") or not rest.strip("/"):
+        raise UsageError(f"KBS URL {url[:200]!r}: expected http://HOST:PORT or https://HOST:PORT")
+    return url
+
+
+def _tls_verify(ca: str | None) -> bool | str:
+    if ca is None:
+        return True
+    try:
+        ssl.create_default_context(cafile=ca)
+    except ssl.SSLError:
+        raise UsageError(f"--ca {ca}: no PEM CA certificate in it") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read --ca {ca}: {exc.strerror}") from None
+    return ca
+
+
+def _evidence(args: argparse.Namespace) -> EvidenceSource:
+    from cvmstore.kbs.evidence_source import ConfigfsEvidence, SimulatorEvidence
+
+    kind: str | None = args.evidence
+    if kind is None:
+        if not TSM_REPORT_ROOT.is_dir():
+            raise UsageError(
+                f"no SEV-SNP attestation here: {TSM_REPORT_ROOT} does not exist (not an SNP "
+                "guest, or configfs-tsm is not mounted); for tests and demos, use --evidence "
+                "simulator with a KBS that trusts the simulator's root (`cvmstore guest "
+                "simulator-ark`)"
+            )
+        kind = "configfs"
+    if kind == "configfs":
+        if args.simulator_seed is not None or args.measurement is not None:
+            raise UsageError("--simulator-seed and --measurement go with --evidence simulator")
+        return ConfigfsEvidence()
+    measurement = DEFAULT_MEASUREMENT
+    if args.measurement is not None:
+        try:
+            measurement = bytes.fromhex(args.measurement)
+        except ValueError:
+            measurement = b""
+        if len(measurement) != _MEASUREMENT_BYTES:
+            raise UsageError(
+                f"--measurement {args.measurement[:100]!r}: expected 96 hex digits (a SHA-384 "
+                "launch digest)"
+            )
+    simulator = make_simulator(args.simulator_seed or SIMULATOR_SEED)
+    return SimulatorEvidence(simulator, {"measurement": measurement})
+
+
+@contextmanager
+def _booted(
+    device: BlockDevice, config: GuestConfig, *, format_if_blank: bool
+) -> Iterator[Filesystem]:
+    from cvmstore.guest import boot
+
+    report = boot(device, config, format_if_blank=format_if_blank)
+    try:
+        yield report.fs
+    finally:
+        report.close()
+
+
+def _refuse_anchored_ledger(config: GuestConfig, image: str) -> None:
+    """RollbackError when the ledger already anchors a state: `mkfs --force` would fail anyway."""
+    with config.client() as client:
+        client.attest()
+        anchored = client.ledger_read(config.volume)
+    if anchored.generation is not None:
+        raise RollbackError(
+            f"the KBS ledger of {config.volume!r} anchors generation {anchored.generation}: "
+            f"a new volume cannot be formatted there, so {image} was left as it was (an "
+            "administrator makes the volume again to start over)",
+            location="kbs-ledger",
+        )
+
+
+# ---------------------------------------------------------------- the attestation simulator
+
+
+def make_simulator(seed: str) -> Simulator:
+    """The attestation simulator of `guest --evidence simulator` and `guest simulator-ark`.
+
+    One chip (Milan) whose root (ARK) key is derived from `seed`, so that every process
+    makes the same root and a KBS given it (`simulator_roots`) trusts them all; `Simulator`
+    itself makes a fresh root each time. RSA-`SIMULATOR_KEY_SIZE`: see there why not 4096.
+    """
+    return _SeededRootSimulator(seed=seed, key_size=SIMULATOR_KEY_SIZE)
+
+
+class _SeededRootSimulator(Simulator):
+    """A `Simulator` whose ARK key is `seeded_rsa_key` of its seed (built as `Simulator` does)."""
+
+    def _make_ark(self, key_size: int) -> _RsaCa:
+        key = seeded_rsa_key(self._seed + b"\0ARK", key_size)
+        name = self._name(f"ARK-{self.product.value}")
+        builder = (
+            self._builder(name, name, key.public_key(), "ARK", _LIFETIME["ARK"])
+            .add_extension(_key_usage(crl_sign=True), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(self._crl_link(vlek=False), critical=False)
+        )
+        return _RsaCa(key, builder.sign(key, hashes.SHA384(), rsa_padding=_PSS))
+
+
+_PUBLIC_EXPONENT = 65537
+_MILLER_RABIN_ROUNDS = 8  # after a base-2 Fermat test; bases drawn from the seed
+
+
+@functools.cache
+def _small_primes_product() -> int:
+    """The product of the odd primes below 2^14 (one gcd does the trial division)."""
+    return math.prod(
+        n for n in range(3, 1 << 14, 2) if all(n % d for d in range(3, math.isqrt(n) + 1, 2))
+    )
+
+
+def seeded_rsa_key(seed: bytes, bits: int) -> rsa.RSAPrivateKey:
+    """An RSA key (e = 65537) that depends on `seed` only: for the simulator's root, never a secret.
+
+    OpenSSL takes no seed, so the primes are found here: candidates are SHAKE-256 of the seed
+    and a counter, with the top two bits set (so that n has exactly `bits` bits) and odd;
+    trial division by the odd primes below 2^14, a base-2 Fermat test, then Miller-Rabin.
+    """
+    half = bits // 2
+    p = _seeded_prime(seed + b"\0p", half)
+    q = _seeded_prime(seed + b"\0q", half)
+    if p == q:  # SHAKE-256 of two different inputs: never, but the key would be broken
+        raise AssertionError("the two primes are equal")
+    n = p * q
+    d = pow(_PUBLIC_EXPONENT, -1, math.lcm(p - 1, q - 1))
+    return rsa.RSAPrivateNumbers(
+        p=p,
+        q=q,
+        d=d,
+        dmp1=rsa.rsa_crt_dmp1(d, p),
+        dmq1=rsa.rsa_crt_dmq1(d, q),
+        iqmp=rsa.rsa_crt_iqmp(p, q),
+        public_numbers=rsa.RSAPublicNumbers(_PUBLIC_EXPONENT, n),
+    ).private_key()
+
+
+def _seeded_prime(seed: bytes, bits: int) -> int:
+    size = bits // 8
+    for counter in range(1 << 32):
+        draw = hashlib.shake_256(seed + counter.to_bytes(8, "big")).digest(size + 8 * 16)
+        candidate = int.from_bytes(draw[:size], "big") | 3 << (bits - 2) | 1
+        if (
+            math.gcd(candidate, _small_primes_product()) == 1
+            and pow(2, candidate - 1, candidate) == 1
+            and math.gcd(candidate - 1, _PUBLIC_EXPONENT) == 1
+            and _miller_rabin(candidate, draw[size:])
+        ):
+            return candidate
+    raise AssertionError("no prime in 2^32 candidates")
+
+
+def _miller_rabin(n: int, randomness: bytes) -> bool:
+    d, s = n - 1, 0
+    while not d & 1:
+        d, s = d >> 1, s + 1
+    for index in range(_MILLER_RABIN_ROUNDS):
+        base = 2 + int.from_bytes(randomness[16 * index : 16 * index + 16], "big") % (n - 3)
+        x = pow(base, d, n)
+        if x in (1, n - 1):
+            continue
+        for _ in range(s - 1):
+            x = pow(x, 2, n)
+            if x == n - 1:
+                break
+        else:
+            return False
+    return True
 
 
 class NestedParser:

@@ -3,6 +3,10 @@
 Commands that only read open the image read-only, so they cannot change it. Commands that
 write check everything they can before the first change, and run as one transaction: on
 any error the image is left as it was.
+
+The same handlers run as `cvmstore guest ...` (`register(..., guest=True)`): there the image
+is `--image FILE` and the key and the anchor come from a KBS (`cli.common.opened`,
+`cli.common.formatter`); keygen and rekey are not guest commands.
 """
 
 from __future__ import annotations
@@ -22,19 +26,24 @@ from typing import IO, Any
 from cvmstore._units import parse_size
 from cvmstore.block.file import FileDevice
 from cvmstore.block.profile import ImageProfile
-from cvmstore.cli.common import add_image_options, default_anchor, opened, parse_anchor
+from cvmstore.cli.common import (
+    NestedParser,
+    add_guest_options,
+    add_image_options,
+    anchor_name,
+    formatter,
+    opened,
+)
 from cvmstore.cli.keys import load_key, write_new_key
 from cvmstore.cli.progress import Progress
 from cvmstore.cli.usage import UsageError
 from cvmstore.errors import (
-    AnchorError,
     FsCorruptError,
     IntegrityError,
     IsADirectoryPathError,
     PathNotFoundError,
 )
-from cvmstore.fs import DirEntry, Filesystem, Stat, make_filesystem
-from cvmstore.integrity.anchor import FileAnchor
+from cvmstore.fs import DirEntry, Filesystem, Stat
 
 __all__ = ["register"]
 
@@ -42,12 +51,13 @@ Handler = Callable[[argparse.Namespace], int]
 _SPOOL_IN_MEMORY = 8 << 20  # stdin beyond this is spooled to a temporary file
 
 
-def register(commands: Any) -> None:  # noqa: ANN401 (argparse's subparsers type is private)
-    """Add the image commands to the command line."""
-    p = _add(commands, "keygen", _keygen, "make a new random 256-bit key file")
-    p.add_argument("keyfile", metavar="KEYFILE", type=Path)
-    p.add_argument("--hex", action="store_true", help="write 64 hex characters, not raw bytes")
-    p.add_argument("--force", action="store_true", help="replace an existing file")
+def register(commands: Any, *, guest: bool = False) -> None:  # noqa: ANN401 (argparse's subparsers type is private)
+    """Add the image commands to the command line; with `guest`, those of `cvmstore guest`."""
+    if not guest:
+        p = _add(commands, "keygen", _keygen, "make a new random 256-bit key file")
+        p.add_argument("keyfile", metavar="KEYFILE", type=Path)
+        p.add_argument("--hex", action="store_true", help="write 64 hex characters, not raw bytes")
+        p.add_argument("--force", action="store_true", help="replace an existing file")
 
     p = _add(
         commands,
@@ -58,6 +68,7 @@ def register(commands: Any) -> None:  # noqa: ANN401 (argparse's subparsers type
         "it, and record its first commit in the anchor. Takes the same short time for any "
         "size: only a few blocks are written.",
         image=True,
+        guest=guest,
     )
     p.add_argument("--size", required=True, help="image size, e.g. 4M, 64M, 10G (binary units)")
     p.add_argument(
@@ -71,13 +82,17 @@ def register(commands: Any) -> None:  # noqa: ANN401 (argparse's subparsers type
         "--firmware-code", metavar="FILE", help="for pflash: check the fit beside this OVMF code"
     )
     p.add_argument(
-        "--force", action="store_true", help="overwrite an existing IMAGE and its anchor"
+        "--force",
+        action="store_true",
+        help="overwrite an existing IMAGE (and its anchor file)",
     )
 
-    p = _add(commands, "info", _info, "show the volume and filesystem summary", image=True)
+    p = _add(
+        commands, "info", _info, "show the volume and filesystem summary", image=True, guest=guest
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
 
-    p = _add(commands, "ls", _ls, "list a directory", image=True)
+    p = _add(commands, "ls", _ls, "list a directory", image=True, guest=guest)
     p.add_argument("path", nargs="?", default="/", metavar="PATH")
     p.add_argument("-l", action="store_true", dest="long", help="kind, size and time too")
     p.add_argument("-R", action="store_true", dest="recursive", help="list subdirectories too")
@@ -92,6 +107,7 @@ def register(commands: Any) -> None:  # noqa: ANN401 (argparse's subparsers type
         "there, as one atomic commit. The space is checked first: a file that does not fit "
         "changes nothing.",
         image=True,
+        guest=guest,
     )
     p.add_argument("source", metavar="SOURCE")
     p.add_argument("path", metavar="PATH")
@@ -106,24 +122,32 @@ def register(commands: Any) -> None:  # noqa: ANN401 (argparse's subparsers type
         "Copy PATH from the image to DEST (default: stdout). A local DEST is written to a "
         "temporary file and renamed into place, so a failed get leaves no partial file.",
         image=True,
+        guest=guest,
     )
     p.add_argument("path", metavar="PATH")
     p.add_argument("dest", nargs="?", default="-", metavar="DEST")
     _progress_option(p)
 
-    p = _add(commands, "cat", _cat, "print files of the image to stdout", image=True)
+    p = _add(commands, "cat", _cat, "print files of the image to stdout", image=True, guest=guest)
     p.add_argument("paths", nargs="+", metavar="PATH")
 
-    p = _add(commands, "rm", _rm, "remove files (and directories with -r)", image=True)
+    p = _add(commands, "rm", _rm, "remove files (and directories with -r)", image=True, guest=guest)
     p.add_argument("paths", nargs="+", metavar="PATH")
     p.add_argument("-r", "--recursive", action="store_true", help="remove directories too")
     p.add_argument("-f", "--force", action="store_true", help="ignore paths that do not exist")
 
-    p = _add(commands, "mv", _mv, "move or rename, atomically replacing a file at DEST", image=True)
+    p = _add(
+        commands,
+        "mv",
+        _mv,
+        "move or rename, atomically replacing a file at DEST",
+        image=True,
+        guest=guest,
+    )
     p.add_argument("source", metavar="SOURCE")
     p.add_argument("dest", metavar="DEST")
 
-    p = _add(commands, "mkdir", _mkdir, "make directories", image=True)
+    p = _add(commands, "mkdir", _mkdir, "make directories", image=True, guest=guest)
     p.add_argument("paths", nargs="+", metavar="PATH")
     p.add_argument("-p", "--parents", action="store_true", help="make parents; no error if there")
 
@@ -137,10 +161,13 @@ def register(commands: Any) -> None:  # noqa: ANN401 (argparse's subparsers type
         "clean, 7 (IntegrityError) when blocks fail authentication, 28 (FsCorruptError) "
         "when only filesystem metadata is inconsistent.",
         image=True,
+        guest=guest,
     )
     p.add_argument("--json", action="store_true", help="print JSON")
     _progress_option(p)
 
+    if guest:
+        return
     p = _add(
         commands,
         "rekey",
@@ -161,14 +188,18 @@ def _add(
     description: str | None = None,
     *,
     image: bool = False,
+    guest: bool = False,
 ) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = commands.add_parser(
         name, help=summary, description=description or summary[0].upper() + summary[1:] + "."
     )
-    if image:
+    if guest:  # `--image FILE` and the KBS's options; nested in the `guest` group
+        add_guest_options(parser)
+        parser.set_defaults(command_parser=NestedParser(parser))
+    elif image:
         parser.add_argument("image", metavar="IMAGE", help="the image file")
         add_image_options(parser)
-    parser.set_defaults(handler=handler)
+    parser.set_defaults(handler=handler, guest=guest)
     return parser
 
 
@@ -195,9 +226,7 @@ def _mkfs(args: argparse.Namespace) -> int:
         size = parse_size(args.size)
     except ValueError as exc:
         raise UsageError(f"--size {args.size!r}: {exc}") from None
-    key = load_key(args.key_file)
-    anchor_spec = args.anchor or default_anchor(args.image)
-    anchor = parse_anchor(anchor_spec)
+    make = formatter(args)  # checks the key and anchor options before any file is made
     profile = ImageProfile(args.profile)
     device = FileDevice.create(
         args.image,
@@ -207,15 +236,7 @@ def _mkfs(args: argparse.Namespace) -> int:
         overwrite=args.force,
     )
     try:
-        if isinstance(anchor, FileAnchor) and anchor.path.exists():
-            # The record of whatever volume was made against it: a new volume cannot use it.
-            if not args.force:
-                raise AnchorError(
-                    f"anchor {anchor.path} already exists (it records another volume): "
-                    f"remove it, or use --force to replace it too"
-                )
-            anchor.path.unlink()
-        with make_filesystem(device, key, anchor) as fs:
+        with make(device) as fs:
             usage = fs.usage()
     except BaseException:
         device.close()
@@ -224,7 +245,7 @@ def _mkfs(args: argparse.Namespace) -> int:
     device.close()
     print(
         f"made {args.image}: {size} bytes ({profile.value}), "
-        f"{usage.free_bytes} bytes free for files, anchor {anchor_spec}"
+        f"{usage.free_bytes} bytes free for files, anchor {anchor_name(args)}"
     )
     return 0
 
@@ -235,7 +256,7 @@ def _info(args: argparse.Namespace) -> int:
         usage = fs.usage()
     data = {
         "image": args.image,
-        "anchor": args.anchor or default_anchor(args.image),
+        "anchor": anchor_name(args),
         "volume_id": store.volume_id,
         "generation": store.generation,
         "anchored_generation": store.anchored_generation,
