@@ -1,9 +1,9 @@
 """`cvmstore guest` as a guest runs it: subprocesses against a real KBS on loopback.
 
 Each test runs on SQLite and on PostgreSQL (`repository`). The KBS trusts the root that
-`cvmstore guest simulator-ark` wrote, so each subprocess must derive that same root from the
-seed. A volume is provisioned through the admin API with a policy that allows MEASUREMENT;
-then the image commands run through the KBS (`guest mkfs`, put, ls, get, cat, mkdir, mv, rm,
+`cvmstore guest simulator-root` wrote, and every subprocess signs its reports' chain with it
+(`--simulator-root`). A volume is provisioned through the admin API with a policy that
+allows MEASUREMENT; then the image commands run through the KBS (`guest mkfs`, put, ls, get, cat, mkdir, mv, rm,
 fsck, info), and every refusal exits with its documented status and leaves the image as it
 was: a second volume (8, no file left), an older copy (8), a forged KBS (45), a measurement
 the policy does not allow (43), nothing listening (41), no pinned key (2).
@@ -22,18 +22,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from cvmstore.attest.certs import load_certificates
 from cvmstore.attest.configfs import DEFAULT_ROOT as TSM_REPORT_ROOT
-from cvmstore.cli.common import make_simulator
+from cvmstore.attest.simulator import Simulator, SimulatorRoot
 from cvmstore.kbs.admin import AdminClient
 from cvmstore.kbs.repository import Repository
 from tests.e2e.test_cli_image import Proc, cvmstore, fails, ok, sha256
 from tests.kbs.conftest import repository as repository  # the fixture: SQLite, PostgreSQL
 from tests.kbs.live import LiveKbs, free_port, live_kbs
 
-SEED = "cvmstore-cli-guest-tests"
 MEASUREMENT = "ab" * 48
 OTHER = "cd" * 48
 VOLUME = "vm1"
@@ -50,6 +48,7 @@ class Guest:
 
     live: LiveKbs
     dir: Path
+    root: Path
 
     @property
     def image(self) -> Path:
@@ -77,8 +76,8 @@ class Guest:
             VOLUME,
             "--evidence",
             "simulator",
-            "--simulator-seed",
-            SEED,
+            "--simulator-root",
+            self.root,
             "--measurement",
             measurement,
             "--retries",
@@ -101,8 +100,8 @@ class Guest:
 @pytest.fixture(scope="module")
 def ark(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The simulator's root, written by the command an operator runs."""
-    path = tmp_path_factory.mktemp("simulator") / "ark.pem"
-    ok(cvmstore("guest", "simulator-ark", path, "--simulator-seed", SEED))
+    path = tmp_path_factory.mktemp("simulator") / "sim-root.pem"
+    ok(cvmstore("guest", "simulator-root", path))
     return path
 
 
@@ -112,7 +111,7 @@ def guest(tmp_path: Path, repository: Repository, ark: Path) -> Iterator[Guest]:
         with AdminClient(live.url, live.admin_token) as admin:
             admin.add_reference(MEASUREMENT)
             admin.create_volume(VOLUME, f'measurements = ["{MEASUREMENT}"]')
-        yield Guest(live, tmp_path)
+        yield Guest(live, tmp_path, ark)
 
 
 @pytest.fixture
@@ -225,7 +224,7 @@ def test_evidence_defaults_to_configfs_or_is_refused(tmp_path: Path) -> None:
         "--kbs-key",
         FORGED_KEY,
     )
-    fails(proc, 2, str(TSM_REPORT_ROOT), "--evidence simulator", "simulator-ark")
+    fails(proc, 2, str(TSM_REPORT_ROOT), "--evidence simulator", "simulator-root")
     configfs_only = cvmstore(
         "guest",
         "ls",
@@ -235,19 +234,19 @@ def test_evidence_defaults_to_configfs_or_is_refused(tmp_path: Path) -> None:
     fails(configfs_only, 2, "--evidence simulator")
 
 
-def test_simulator_ark_is_the_root_every_guest_command_derives(ark: Path, tmp_path: Path) -> None:
-    def spki(cert: x509.Certificate) -> bytes:
-        return cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
-
-    written = x509.load_pem_x509_certificate(ark.read_bytes())
-    assert spki(written) == spki(make_simulator(SEED).ark)
-    proc = ok(cvmstore("guest", "simulator-ark", "-", "--simulator-seed", SEED))
-    assert spki(x509.load_pem_x509_certificate(proc.stdout)) == spki(written)
-    assert "measurement" in proc.stderr.decode()
-    default = ok(cvmstore("guest", "simulator-ark", tmp_path / "default.pem"))
-    assert "seed 'cvmstore'" in default.stdout.decode()
-    other = x509.load_pem_x509_certificate((tmp_path / "default.pem").read_bytes())
-    assert spki(other) != spki(written)
+def test_simulator_root_is_a_private_file_the_kbs_and_guests_share(
+    ark: Path, tmp_path: Path
+) -> None:
+    assert ark.stat().st_mode & 0o777 == 0o600
+    root = SimulatorRoot.from_pem(ark.read_bytes())
+    (certificate,) = load_certificates(ark.read_bytes())  # what the KBS reads from it
+    assert certificate == root.certificate
+    assert Simulator(key_size=2048, root=root).ark == root.certificate
+    fails(cvmstore("guest", "simulator-root", ark), 2, "already exists")
+    again = ok(cvmstore("guest", "simulator-root", tmp_path / "other.pem"))
+    assert "measurement" in again.stdout.decode()
+    other = SimulatorRoot.from_pem((tmp_path / "other.pem").read_bytes())
+    assert other.certificate != root.certificate  # a new root each time
 
 
 def test_help_teaches_the_flow_the_example_and_the_exit_codes() -> None:
@@ -265,7 +264,7 @@ def test_help_teaches_the_flow_the_example_and_the_exit_codes() -> None:
             assert needle in text, (action, needle)
         for code, name in EXIT_CODES:
             assert re.search(rf"\n +{code}  {name}: ", text), (action, code, name)
-    ark_help = ok(cvmstore("guest", "simulator-ark", "--help")).stdout.decode()
+    ark_help = ok(cvmstore("guest", "simulator-root", "--help")).stdout.decode()
     assert "simulator_roots" in ark_help
     assert "RSA-2048" in ark_help
     # The key comes from the KBS: no keygen or rekey here.

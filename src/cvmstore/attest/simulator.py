@@ -38,7 +38,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TypedDict, Unpack
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
@@ -61,6 +61,7 @@ __all__ = [
     "NOT_AMD",
     "ReportFields",
     "Simulator",
+    "SimulatorRoot",
 ]
 
 #: The text of the extra subject attribute that marks every simulator certificate.
@@ -135,6 +136,47 @@ class _RsaCa:
 
 
 @dataclass(frozen=True, slots=True)
+class SimulatorRoot:
+    """A simulator's root (ARK): its private key and self-signed certificate.
+
+    Saved once (`to_pem`) and given back to later simulators (`Simulator(root=...)`), it makes
+    every process's reports chain to one root, which a KBS can be told to trust. The PEM text
+    holds the private key: it is a test credential, never an AMD one, but keep it private.
+    """
+
+    key: rsa.RSAPrivateKey
+    certificate: x509.Certificate
+
+    def to_pem(self) -> bytes:
+        """The private key (PKCS#8) and the certificate, PEM."""
+        key = self.key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        return key + self.certificate.public_bytes(serialization.Encoding.PEM)
+
+    @classmethod
+    def from_pem(cls, data: bytes) -> SimulatorRoot:
+        """Read what `to_pem` wrote.
+
+        Raises:
+            FormatError: not an RSA private key with one ARK certificate of that key.
+        """
+        try:
+            key = serialization.load_pem_private_key(data, None)
+            certificates = x509.load_pem_x509_certificates(data)
+        except ValueError as exc:
+            raise FormatError(f"not a simulator root (key and certificate, PEM): {exc}") from None
+        if not isinstance(key, rsa.RSAPrivateKey) or len(certificates) != 1:
+            raise FormatError("a simulator root is one RSA private key and one certificate")
+        certificate = certificates[0]
+        if certificate.public_key() != key.public_key():
+            raise FormatError("the simulator root's certificate is not of its key")
+        return cls(key, certificate)
+
+
+@dataclass(frozen=True, slots=True)
 class _Vek:
     key: ec.EllipticCurvePrivateKey
     cert: x509.Certificate
@@ -158,6 +200,9 @@ class Simulator:
         csp_id: the cspId extension of the VLEK (the cloud provider it is issued to).
         not_before: start of every validity period (default: one day ago). AMD's lifetimes
             follow: 25 years for the ARK, ASK and ASVK, 7 for the VCEK, 1 for the VLEK.
+        root: a root made earlier (`Simulator.root`, `SimulatorRoot.from_pem`) instead of a
+            fresh one, so that reports from many processes chain to one trusted root. Its
+            certificate must name this product (ARK-Milan, ...).
 
     Raises:
         ValueError: a chip ID or TCB that does not fit the product, an unsupported key size.
@@ -174,6 +219,7 @@ class Simulator:
         vlek: bool = False,
         csp_id: str = "CN=cvmstore-simulator.invalid",
         not_before: datetime | None = None,
+        root: SimulatorRoot | None = None,
     ) -> None:
         if key_size not in (2048, 3072, 4096):
             raise ValueError(f"RSA key size {key_size} is not 2048, 3072 or 4096")
@@ -186,7 +232,16 @@ class Simulator:
         self.csp_id = csp_id
         start = not_before or datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
         self.not_before = start
-        self._ark = self._make_ark(key_size)
+        if root is not None:
+            expected = self._name(f"ARK-{product.value}")
+            if root.certificate.subject != expected:
+                raise ValueError(
+                    f"the root is {root.certificate.subject.rfc4514_string()}, not the"
+                    f" {product.value} simulator's"
+                )
+            self._ark = _RsaCa(root.key, root.certificate)
+        else:
+            self._ark = self._make_ark(key_size)
         self._ask = self._make_intermediate("ASK", f"SEV-{product.value}", key_size)
         self._asvk = (
             self._make_intermediate("ASVK", f"SEV-VLEK-{product.value}", key_size) if vlek else None
@@ -195,6 +250,11 @@ class Simulator:
         self._vlek = self._make_vek(SigningKey.VLEK) if vlek else None
 
     # ------------------------------------------------------------------ certificates
+
+    @property
+    def root(self) -> SimulatorRoot:
+        """This simulator's root, to save and hand to later simulators."""
+        return SimulatorRoot(self._ark.key, self._ark.cert)
 
     @property
     def ark(self) -> x509.Certificate:

@@ -12,9 +12,6 @@ computes the same way.
 from __future__ import annotations
 
 import argparse
-import functools
-import hashlib
-import math
 import os
 import re
 import ssl
@@ -25,19 +22,8 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import rsa
-
 from cvmstore.attest.configfs import DEFAULT_ROOT as TSM_REPORT_ROOT
-from cvmstore.attest.simulator import (
-    _LIFETIME,
-    _PSS,
-    DEFAULT_MEASUREMENT,
-    Simulator,
-    _key_usage,
-    _RsaCa,
-)
+from cvmstore.attest.simulator import DEFAULT_MEASUREMENT, Simulator, SimulatorRoot
 from cvmstore.block.file import FileDevice
 from cvmstore.block.protocol import BlockDevice
 from cvmstore.cli.keys import load_key
@@ -61,9 +47,9 @@ __all__ = [
     "GUEST_FLOW",
     "KBS_KEY_ENV",
     "KBS_URL_ENV",
-    "SEED_HELP",
+    "ROOT_HELP",
     "SIMULATOR_KEY_SIZE",
-    "SIMULATOR_SEED",
+    "SIMULATOR_ROOT_ENV",
     "Formatter",
     "NestedParser",
     "add_guest_options",
@@ -79,7 +65,6 @@ __all__ = [
     "measure_igvm",
     "opened",
     "parse_anchor",
-    "seeded_rsa_key",
 ]
 
 ANCHOR_HELP = (
@@ -92,14 +77,13 @@ ANCHOR_HELP = (
 
 KBS_URL_ENV = "CVMSTORE_KBS_URL"  # the variable `kbs admin` reads too
 KBS_KEY_ENV = "CVMSTORE_KBS_KEY"
-SIMULATOR_SEED = "cvmstore"
-#: RSA size of the simulator's ARK and ASK. AMD's are 4096 bits, but this root is derived
-#: from the seed in pure Python (OpenSSL takes no seed), again in every guest command:
-#: measured on a 2-core x86-64 VM, 0.1-0.8 s at 2048 bits, 4-10 s at 4096.
+SIMULATOR_ROOT_ENV = "CVMSTORE_SIMULATOR_ROOT"
+#: RSA size of the simulator's keys. AMD's are 4096 bits; the simulator makes a fresh ASK in
+#: every guest command, which takes about 0.2 s at 2048 bits and seconds at 4096.
 SIMULATOR_KEY_SIZE = 2048
-SEED_HELP = (
-    f"simulator: the seed its chip and root keys are derived from (default: {SIMULATOR_SEED}); "
-    "the same seed gives the same root in every process"
+ROOT_HELP = (
+    "simulator: the root file `cvmstore guest simulator-root` made (its key signs the chain "
+    f"of every report; default: ${SIMULATOR_ROOT_ENV})"
 )
 _VOLUME_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # as the KBS checks it
 _THUMBPRINT = re.compile(r"[A-Za-z0-9_-]{43}")  # RFC 7638: base64url SHA-256, unpadded
@@ -121,15 +105,15 @@ how every guest command runs (a confidential VM's early boot):
 """
 GUEST_EXAMPLE = f"""\
 example (a test host: the simulator stands in for the SEV-SNP hardware):
-  cvmstore guest simulator-ark ark.pem     # also prints the measurement its reports carry
-  echo 'simulator_roots = ["ark.pem"]' > kbs.toml
+  cvmstore guest simulator-root sim-root.pem   # also prints the measurement its reports carry
+  echo 'simulator_roots = ["sim-root.pem"]' > kbs.toml
   cvmstore kbs serve --config kbs.toml &
   export {KBS_URL_ENV}=http://127.0.0.1:8080 CVMSTORE_KBS_TOKEN_FILE=kbs-data/admin.token
   cvmstore kbs admin add-reference MEASUREMENT
   echo 'measurements = ["MEASUREMENT"]' > vm1.toml
   cvmstore kbs admin volume create vm1 --policy vm1.toml
   cvmstore kbs admin token-key             # the thumbprint guests pin
-  export {KBS_KEY_ENV}=THUMBPRINT
+  export {KBS_KEY_ENV}=THUMBPRINT {SIMULATOR_ROOT_ENV}=sim-root.pem
   cvmstore guest mkfs --image vm1.img --size 16M --volume vm1 --evidence simulator
   cvmstore guest put --image vm1.img --volume vm1 --evidence simulator tpm.state /nv
   cvmstore guest get --image vm1.img --volume vm1 --evidence simulator /nv tpm.state
@@ -319,14 +303,14 @@ def add_guest_options(parser: argparse.ArgumentParser) -> None:
         choices=("simulator", "configfs"),
         help=f"configfs: the SEV-SNP hardware's reports through configfs-tsm ({TSM_REPORT_ROOT}), "
         "the default where it exists; simulator: reports signed by the attestation simulator, "
-        "for a KBS that trusts its root (`cvmstore guest simulator-ark`): tests and demos only",
+        "for a KBS that trusts its root (`cvmstore guest simulator-root`): tests and demos only",
     )
-    evidence.add_argument("--simulator-seed", metavar="TEXT", help=SEED_HELP)
+    evidence.add_argument("--simulator-root", metavar="FILE", help=ROOT_HELP)
     evidence.add_argument(
         "--measurement",
         metavar="HEX",
         help="simulator: the launch measurement its reports carry, 96 hex digits (default: "
-        "the simulator's, which `cvmstore guest simulator-ark` prints)",
+        "the simulator's, which `cvmstore guest simulator-root` prints)",
     )
 
 
@@ -410,12 +394,12 @@ def _evidence(args: argparse.Namespace) -> EvidenceSource:
                 f"no SEV-SNP attestation here: {TSM_REPORT_ROOT} does not exist (not an SNP "
                 "guest, or configfs-tsm is not mounted); for tests and demos, use --evidence "
                 "simulator with a KBS that trusts the simulator's root (`cvmstore guest "
-                "simulator-ark`)"
+                "simulator-root`)"
             )
         kind = "configfs"
     if kind == "configfs":
-        if args.simulator_seed is not None or args.measurement is not None:
-            raise UsageError("--simulator-seed and --measurement go with --evidence simulator")
+        if args.simulator_root is not None or args.measurement is not None:
+            raise UsageError("--simulator-root and --measurement go with --evidence simulator")
         return ConfigfsEvidence()
     measurement = DEFAULT_MEASUREMENT
     if args.measurement is not None:
@@ -428,7 +412,13 @@ def _evidence(args: argparse.Namespace) -> EvidenceSource:
                 f"--measurement {args.measurement[:100]!r}: expected 96 hex digits (a SHA-384 "
                 "launch digest)"
             )
-    simulator = make_simulator(args.simulator_seed or SIMULATOR_SEED)
+    root = args.simulator_root or os.environ.get(SIMULATOR_ROOT_ENV)
+    if not root:
+        raise UsageError(
+            "--evidence simulator needs the simulator's root: --simulator-root FILE or "
+            f"${SIMULATOR_ROOT_ENV} (make one with `cvmstore guest simulator-root FILE`)"
+        )
+    simulator = make_simulator(Path(root))
     return SimulatorEvidence(simulator, {"measurement": measurement})
 
 
@@ -462,100 +452,22 @@ def _refuse_anchored_ledger(config: GuestConfig, image: str) -> None:
 # ---------------------------------------------------------------- the attestation simulator
 
 
-def make_simulator(seed: str) -> Simulator:
-    """The attestation simulator of `guest --evidence simulator` and `guest simulator-ark`.
+def make_simulator(root_file: Path) -> Simulator:
+    """The attestation simulator of `guest --evidence simulator`: its root read from a file.
 
-    One chip (Milan) whose root (ARK) key is derived from `seed`, so that every process
-    makes the same root and a KBS given it (`simulator_roots`) trusts them all; `Simulator`
-    itself makes a fresh root each time. RSA-`SIMULATOR_KEY_SIZE`: see there why not 4096.
+    Every guest command signs with the same root (`cvmstore guest simulator-root` made it),
+    so a KBS told to trust it (`simulator_roots`) trusts every command's reports.
     """
-    return _SeededRootSimulator(seed=seed, key_size=SIMULATOR_KEY_SIZE)
-
-
-class _SeededRootSimulator(Simulator):
-    """A `Simulator` whose ARK key is `seeded_rsa_key` of its seed (built as `Simulator` does)."""
-
-    def _make_ark(self, key_size: int) -> _RsaCa:
-        key = seeded_rsa_key(self._seed + b"\0ARK", key_size)
-        name = self._name(f"ARK-{self.product.value}")
-        builder = (
-            self._builder(name, name, key.public_key(), "ARK", _LIFETIME["ARK"])
-            .add_extension(_key_usage(crl_sign=True), critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(self._crl_link(vlek=False), critical=False)
-        )
-        return _RsaCa(key, builder.sign(key, hashes.SHA384(), rsa_padding=_PSS))
-
-
-_PUBLIC_EXPONENT = 65537
-_MILLER_RABIN_ROUNDS = 8  # after a base-2 Fermat test; bases drawn from the seed
-
-
-@functools.cache
-def _small_primes_product() -> int:
-    """The product of the odd primes below 2^14 (one gcd does the trial division)."""
-    return math.prod(
-        n for n in range(3, 1 << 14, 2) if all(n % d for d in range(3, math.isqrt(n) + 1, 2))
-    )
-
-
-def seeded_rsa_key(seed: bytes, bits: int) -> rsa.RSAPrivateKey:
-    """An RSA key (e = 65537) that depends on `seed` only: for the simulator's root, never a secret.
-
-    OpenSSL takes no seed, so the primes are found here: candidates are SHAKE-256 of the seed
-    and a counter, with the top two bits set (so that n has exactly `bits` bits) and odd;
-    trial division by the odd primes below 2^14, a base-2 Fermat test, then Miller-Rabin.
-    """
-    half = bits // 2
-    p = _seeded_prime(seed + b"\0p", half)
-    q = _seeded_prime(seed + b"\0q", half)
-    if p == q:  # SHAKE-256 of two different inputs: never, but the key would be broken
-        raise AssertionError("the two primes are equal")
-    n = p * q
-    d = pow(_PUBLIC_EXPONENT, -1, math.lcm(p - 1, q - 1))
-    return rsa.RSAPrivateNumbers(
-        p=p,
-        q=q,
-        d=d,
-        dmp1=rsa.rsa_crt_dmp1(d, p),
-        dmq1=rsa.rsa_crt_dmq1(d, q),
-        iqmp=rsa.rsa_crt_iqmp(p, q),
-        public_numbers=rsa.RSAPublicNumbers(_PUBLIC_EXPONENT, n),
-    ).private_key()
-
-
-def _seeded_prime(seed: bytes, bits: int) -> int:
-    size = bits // 8
-    for counter in range(1 << 32):
-        draw = hashlib.shake_256(seed + counter.to_bytes(8, "big")).digest(size + 8 * 16)
-        candidate = int.from_bytes(draw[:size], "big") | 3 << (bits - 2) | 1
-        if (
-            math.gcd(candidate, _small_primes_product()) == 1
-            and pow(2, candidate - 1, candidate) == 1
-            and math.gcd(candidate - 1, _PUBLIC_EXPONENT) == 1
-            and _miller_rabin(candidate, draw[size:])
-        ):
-            return candidate
-    raise AssertionError("no prime in 2^32 candidates")
-
-
-def _miller_rabin(n: int, randomness: bytes) -> bool:
-    d, s = n - 1, 0
-    while not d & 1:
-        d, s = d >> 1, s + 1
-    for index in range(_MILLER_RABIN_ROUNDS):
-        base = 2 + int.from_bytes(randomness[16 * index : 16 * index + 16], "big") % (n - 3)
-        x = pow(base, d, n)
-        if x in (1, n - 1):
-            continue
-        for _ in range(s - 1):
-            x = pow(x, 2, n)
-            if x == n - 1:
-                break
-        else:
-            return False
-    return True
+    try:
+        root = SimulatorRoot.from_pem(root_file.read_bytes())
+    except OSError as exc:
+        raise UsageError(f"cannot read the simulator root {root_file}: {exc.strerror}") from None
+    except FormatError as exc:
+        raise UsageError(f"{root_file}: {exc}") from None
+    try:
+        return Simulator(key_size=SIMULATOR_KEY_SIZE, root=root)
+    except ValueError as exc:
+        raise UsageError(f"{root_file}: {exc}") from None
 
 
 class NestedParser:

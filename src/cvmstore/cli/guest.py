@@ -4,7 +4,7 @@
 (`cli.image.register(..., guest=True)`): the same handlers and arguments, except that the
 image is `--image FILE` and, in place of --key-file and --anchor, each command boots as a
 confidential VM does (`cvmstore.guest.boot`: attest, receive the volume's key, open under the
-KBS ledger). `guest simulator-ark` writes the attestation simulator's root, for a test or
+KBS ledger). `guest simulator-root` writes the attestation simulator's root, for a test or
 demo KBS to trust.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import sys
+import os
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -24,26 +24,23 @@ from cvmstore.cli.common import (
     GUEST_EPILOG,
     GUEST_EXAMPLE,
     GUEST_FLOW,
-    SEED_HELP,
     SIMULATOR_KEY_SIZE,
-    SIMULATOR_SEED,
     NestedParser,
-    make_simulator,
 )
 from cvmstore.cli.usage import UsageError
 
 __all__ = ["register"]
 
-_SIMULATOR_ARK_TEXT = (
-    "Write the root certificate (ARK, PEM) of the attestation simulator that `--evidence "
-    "simulator` uses, for a KBS to trust: list FILE in the KBS configuration's "
-    "`simulator_roots`. Tests and demos only: whoever knows the seed can sign reports this "
-    "root certifies, so never give it to a production KBS. Also prints the measurement the "
-    "simulator's reports carry unless --measurement says otherwise (for the volume's "
-    "policy). The root's key is derived from the seed, so every command with the same seed "
-    f"uses this root. It is RSA-{SIMULATOR_KEY_SIZE}, not 4096 as AMD's: this key is found "
-    "in pure Python (OpenSSL takes no seed), again in every guest command, which takes "
-    "0.1-0.8 s at 2048 bits and 4-10 s at 4096 (measured on a 2-core x86-64 VM)."
+_SIMULATOR_ROOT_TEXT = (
+    "Make a new root (ARK) for the attestation simulator that `--evidence simulator` uses, "
+    "and write its private key and certificate to FILE (PEM, mode 0600). Guest commands "
+    "sign with it (--simulator-root FILE or $CVMSTORE_SIMULATOR_ROOT); a KBS trusts it when "
+    "FILE is listed in its configuration's `simulator_roots` (the KBS reads only the "
+    "certificate). Tests and demos only: whoever holds FILE can sign reports this root "
+    "certifies, so never give it to a production KBS. Prints the measurement the "
+    f"simulator's reports carry unless --measurement says otherwise (for the volume's "
+    f"policy). RSA-{SIMULATOR_KEY_SIZE}, not 4096 as AMD's roots: the simulator makes a "
+    "fresh ASK of that size in every guest command."
 )
 
 
@@ -65,45 +62,44 @@ def register(commands: Any) -> None:  # noqa: ANN401 (argparse's subparsers type
     image.register(actions, guest=True)
 
     p = actions.add_parser(
-        "simulator-ark",
-        help="write the attestation simulator's root certificate, for a test KBS to trust",
-        description=textwrap.fill(_SIMULATOR_ARK_TEXT, 88),
+        "simulator-root",
+        help="make a root for the attestation simulator, for a test KBS to trust",
+        description=textwrap.fill(_SIMULATOR_ROOT_TEXT, 88),
         epilog=(
             f"{GUEST_FLOW}\n{GUEST_EXAMPLE}\n"
-            "exit status: 0 written; 2 usage error (FILE cannot be written).\n\n"
-            "examples:\n"
-            "  cvmstore guest simulator-ark ark.pem\n"
-            "  cvmstore guest simulator-ark - --simulator-seed lab-7 > ark.pem"
+            "exit status: 0 written; 2 usage error (FILE exists without --force, or cannot "
+            "be written).\n\n"
+            "example:\n"
+            "  cvmstore guest simulator-root sim-root.pem\n"
+            "  echo 'simulator_roots = [\"sim-root.pem\"]' >> kbs.toml"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("file", metavar="FILE", help="where to write the PEM (- for stdout)")
-    p.add_argument("--simulator-seed", metavar="TEXT", help=SEED_HELP)
-    p.set_defaults(handler=_simulator_ark, command_parser=NestedParser(p))
+    p.add_argument("file", metavar="FILE", type=Path, help="where to write the root (PEM)")
+    p.add_argument("--force", action="store_true", help="replace an existing FILE")
+    p.set_defaults(handler=_simulator_root, command_parser=NestedParser(p))
 
 
-def _simulator_ark(args: argparse.Namespace) -> int:
-    from cvmstore.attest.simulator import DEFAULT_MEASUREMENT
+def _simulator_root(args: argparse.Namespace) -> int:
+    from cvmstore.attest.simulator import DEFAULT_MEASUREMENT, Simulator
 
-    seed = args.simulator_seed or SIMULATOR_SEED
-    ark = make_simulator(seed).ark
-    pem = ark.public_bytes(Encoding.PEM)
-    spki = ark.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
-    # The summary goes to stderr when the certificate goes to stdout.
-    out = sys.stderr if args.file == "-" else sys.stdout
-    if args.file == "-":
-        sys.stdout.buffer.write(pem)
-        sys.stdout.buffer.flush()
-    else:
-        try:
-            Path(args.file).write_bytes(pem)
-        except OSError as exc:
-            raise UsageError(f"cannot write {args.file}: {exc.strerror}") from None
+    root = Simulator(key_size=SIMULATOR_KEY_SIZE).root
+    path: Path = args.file
+    flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_TRUNC if args.force else os.O_EXCL)
+    try:
+        fd = os.open(path, flags, 0o600)
+    except FileExistsError:
+        raise UsageError(f"{path} already exists (use --force to replace it)") from None
+    except OSError as exc:
+        raise UsageError(f"cannot create {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "wb") as f:
+        f.write(root.to_pem())
+    spki = root.certificate.public_key().public_bytes(
+        Encoding.DER, PublicFormat.SubjectPublicKeyInfo
+    )
     print(
-        f"wrote the simulator's root (seed {seed!r}, SPKI SHA-256 "
-        f"{hashlib.sha256(spki).hexdigest()}) to {args.file}: list it in the KBS's "
-        "simulator_roots (tests and demos only)\n"
+        f"wrote a new simulator root (SPKI SHA-256 {hashlib.sha256(spki).hexdigest()}) to"
+        f" {path}: list it in the KBS's simulator_roots (tests and demos only)\n"
         f"its reports carry measurement {DEFAULT_MEASUREMENT.hex()} unless --measurement",
-        file=out,
     )
     return 0
