@@ -2,11 +2,11 @@
 
 Each test runs on SQLite and on PostgreSQL (`repository`). The KBS trusts the root that
 `cvmstore guest simulator-root` wrote, and every subprocess signs its reports' chain with it
-(`--simulator-root`). A volume is provisioned through the admin API with a policy that
-allows MEASUREMENT; then the image commands run through the KBS (`guest mkfs`, put, ls,
-get, cat, mkdir, mv, rm, fsck, info), and every refusal exits with its documented status and leaves the image as it
-was: a second volume (8, no file left), an older copy (8), a forged KBS (45), a measurement
-the policy does not allow (43), nothing listening (41), no pinned key (2).
+(`--simulator-root`). A volume is provisioned through the admin API with a policy that allows
+MEASUREMENT; then the image commands run through the KBS (`guest mkfs`, put, ls, get, cat,
+mkdir, mv, rm, fsck, info), and every refusal exits with its documented status and leaves the
+image as it was: a second volume (8, no file left), an older copy (8), a forged KBS (45), a
+measurement the policy does not allow (43), nothing listening (41), no pinned key (2).
 """
 
 from __future__ import annotations
