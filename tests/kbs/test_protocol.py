@@ -438,3 +438,19 @@ def test_health_and_metrics(kbs: LiveKbs, admin: AdminClient) -> None:
         http.post("/kbs/v0/auth", json={"version": "0.1.0", "tee": "snp"})
         metrics = http.get("/metrics").text
     assert 'kbs_requests_total{endpoint="auth",status="401"} 1.0' in metrics
+
+
+def test_a_retried_advance_that_already_landed_is_not_a_fork(
+    kbs: LiveKbs, admin: AdminClient
+) -> None:
+    """The answer to a retry after a dropped connection holds exactly what was asked for."""
+    admin.create_volume("vol1", POLICY)
+    store = b"\x11" * 16
+    with guest(kbs) as client:
+        client.attest()
+        first = client.ledger_advance("vol1", None, (0, b"\xaa" * 32), store)
+        again = client.ledger_advance("vol1", None, (0, b"\xaa" * 32), store)  # the retry
+        assert (again.version, again.generation, again.result) == (1, 0, "conflict")
+        assert first.version == again.version
+        with pytest.raises(ForkError):  # the same retry from another store is a fork
+            client.ledger_advance("vol1", None, (0, b"\xaa" * 32), b"\x22" * 16)

@@ -7,8 +7,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cvmstore.demo import run_demo
-
 __all__ = ["register"]
 
 
@@ -35,5 +33,7 @@ def register(commands: Any) -> None:  # noqa: ANN401 (argparse's subparsers type
 
 
 def _run(args: argparse.Namespace) -> int:
+    from cvmstore.demo import run_demo  # on use: it loads the whole KBS stack
+
     result = run_demo(sys.stdout, keep=args.keep)
     return 0 if result.ok else 1

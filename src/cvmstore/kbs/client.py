@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -183,7 +184,9 @@ class KbsClient:
             KbsIdentityError: the answer is not signed by the pinned KBS key.
         """
         key = self._require_key()
-        response = self._request("GET", f"/kbs/v0/resource/{path}")
+        response = self._request(
+            "GET", "/kbs/v0/resource/" + "/".join(quote(part, safe="") for part in path.split("/"))
+        )
         jwe = _json_of(response)
         if self.kbs_key is not None:
             signature = response.headers.get(SIGNATURE_HEADER)
@@ -204,9 +207,7 @@ class KbsClient:
     def ledger_read(self, volume: str) -> LedgerAnswer:
         """The volume's ledger entry, signed by the KBS and bound to a fresh nonce."""
         nonce = b64url_encode(secrets.token_bytes(32))
-        response = self._request(
-            "GET", f"/kbs/v0/cvmstore/ledger/{volume}", params={"nonce": nonce}
-        )
+        response = self._request("GET", _ledger_path(volume), params={"nonce": nonce})
         return self._answer(_json_of(response).get("answer"), volume, nonce)
 
     def ledger_advance(
@@ -231,10 +232,16 @@ class KbsClient:
             "new": {"generation": new[0], "root": new[1].hex()},
             "store-id": store_id.hex(),
         }
-        response = self._request(
-            "POST", f"/kbs/v0/cvmstore/ledger/{volume}", json=body, accept=(200, 409)
-        )
+        response = self._request("POST", _ledger_path(volume), json=body, accept=(200, 409))
         answer = self._answer(_json_of(response).get("answer"), volume, nonce)
+        if (
+            response.status_code == 409
+            and (answer.generation, answer.root) == new
+            and (answer.store_id == store_id)
+        ):
+            # Our own advance, applied before a connection dropped and retried: the signed
+            # answer to this request says the ledger holds exactly what we asked for.
+            return answer
         if response.status_code == 409:
             raise ForkError(
                 f"the KBS ledger of volume {volume!r} is at generation {answer.generation}"
@@ -325,6 +332,10 @@ class KbsClient:
                 return response
             raise _refusal(response, method, path)
         raise AssertionError("unreachable")
+
+
+def _ledger_path(volume: str) -> str:
+    return f"/kbs/v0/cvmstore/ledger/{quote(volume, safe='')}"
 
 
 def tls_verify(verify: bool | str) -> bool | ssl.SSLContext:
