@@ -14,7 +14,7 @@ volume, nonce and compare-and-swap paths are reached); the admin API with a vali
 does schemathesis's `deterministic`) and bounded by the profile's max_examples.
 
 At the end, requests the generator cannot make (JSON escapes of lone surrogates; a NUL on
-PostgreSQL), each a known 500 marked as a strict xfail until the server is fixed.
+PostgreSQL), each a 500 once, now refused with a 4xx.
 """
 
 from __future__ import annotations
@@ -242,8 +242,8 @@ def test_fuzz_case_count() -> None:
 # ------------------------------------------------------------------ what the generator cannot make
 # Schemathesis only generates strings it can encode as UTF-8, so it never sends the JSON escape
 # of a lone surrogate ("\\ud800"), which Python's json module decodes into a str that cannot be
-# encoded. These requests are sent raw. Each one is a known server bug (a 500), reported to
-# the owner of the service; the xfail goes when the fix lands (strict: an XPASS fails).
+# encoded. These requests are sent raw. Each one was a server error (a 500) until the fix
+# (app.json_body refuses lone surrogates; admin path values are checked before the database).
 
 LONE_SURROGATE = "\\ud800"  # the six characters of the JSON escape
 
@@ -260,13 +260,6 @@ def send(app: Starlette, method: str, path: str, body: str, headers: dict[str, s
     return anyio.run(go)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="service.py KbsService.attest: hmac.compare_digest(nonce.encode(), ...) raises"
-    " UnicodeEncodeError for a nonce with a lone surrogate: 500 for anyone holding a fresh"
-    " /auth session (fix: refuse lone surrogates in app.json_body/strict_json with 400)",
-)
 def test_a_lone_surrogate_in_the_attest_nonce_is_refused(kbs: Kbs) -> None:
     session, _ = kbs.service.auth({"version": PROTOCOL_VERSION, "tee": "sample"})
     body = f'{{"runtime-data": {{"nonce": "{LONE_SURROGATE}"}}}}'
@@ -274,13 +267,6 @@ def test_a_lone_surrogate_in_the_attest_nonce_is_refused(kbs: Kbs) -> None:
     assert send(kbs.app, "POST", "/kbs/v0/attest", body, cookie) == 400
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="binding.trustee_digest (verifier.py _sample and _match_binding) raises rfc8785"
-    " CanonicalizationError for a lone surrogate in additional_evidence or a tee-pubkey"
-    " member: 500 (with SNP, for any evidence whose AMD signature verifies)",
-)
 def test_a_lone_surrogate_in_additional_evidence_is_refused(kbs: Kbs) -> None:
     kbs.service.set_policy(SAMPLE_POLICY)  # the admin fuzz run may have replaced it
     session, challenge = kbs.service.auth({"version": PROTOCOL_VERSION, "tee": "sample"})
@@ -297,25 +283,12 @@ def test_a_lone_surrogate_in_additional_evidence_is_refused(kbs: Kbs) -> None:
     assert send(kbs.app, "POST", "/kbs/v0/attest", body, cookie) in (400, 401)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="service.py KbsService.create_volume: policy_text.encode() raises UnicodeEncodeError"
-    " for a policy string with a lone surrogate: 500 (admin only)",
-)
 def test_a_lone_surrogate_in_a_volume_policy_is_refused(kbs: Kbs) -> None:
     body = f'{{"name": "surrogate", "policy": "{LONE_SURROGATE}"}}'
     admin = {"Authorization": f"Bearer {kbs.admin_token}"}
     assert send(kbs.app, "POST", "/admin/v0/volumes", body, admin) == 400
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="storage/postgres.py: a NUL in an admin path parameter that service.py passes to"
-    " the database unchecked (volume_info, delete_reference) raises psycopg DataError: 500 on"
-    " PostgreSQL (SQLite answers 404); admin only",
-)
 @pytest.mark.parametrize(
     ("method", "path"),
     [("GET", "/admin/v0/volumes/a%00b"), ("DELETE", "/admin/v0/references/a%00b")],
