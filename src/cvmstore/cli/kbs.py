@@ -867,9 +867,10 @@ def _volume_show(args: argparse.Namespace) -> int:
         f"  audit        {len(audit)} entries, newest first" if audit else "  audit        none",
     ]
     for entry in audit:
+        before = "none" if entry["from-generation"] is None else entry["from-generation"]
         lines.append(
             f"    {_when(entry['at'])}  {entry['outcome']:<8}  version {entry['from-version']} "
-            f"-> {entry['to-version']}, generation {entry['from-generation']} -> "
+            f"-> {entry['to-version']}, generation {before} -> "
             f"{entry['to-generation']}, evidence {str(entry['evidence-sha384'])[:16]}"
         )
     return _emit(args, answer, "\n".join(lines))
