@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from cvmstore.kbs.server import free_loopback_port
 from tests.conftest import require_or_skip
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -36,9 +37,9 @@ def test_python_examples_run(tmp_path: Path) -> None:
         assert expected in proc.stdout
 
 
-def _tour() -> str:
+def _tour(heading: str = "## A short tour") -> str:
     text = README.read_text()
-    section = text[text.index("## A short tour") :]
+    section = text[text.index(heading) :]
     match = re.search(r"```sh\n(.*?)```", section, re.DOTALL)
     assert match, "the tour has no shell block"
     return match.group(1)
@@ -81,3 +82,29 @@ def test_shell_tour_runs_as_written(tmp_path: Path) -> None:
     assert "clean" in proc.stdout
     assert "IntegrityError" not in proc.stderr  # one clear line, not a class name dump
     assert "data block fails authentication" in proc.stderr
+
+
+def test_key_broker_tour_runs_as_written(tmp_path: Path) -> None:
+    """The KBS section: serve, provision, a guest's mkfs and put, a restored copy refused."""
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
+    env = {k: v for k, v in env.items() if not k.startswith("CVMSTORE_")}
+    port = free_loopback_port()  # the README's 8080 may be taken on a shared machine
+    block = _tour("## A key broker, a volume, and a guest")
+    assert "127.0.0.1:8080" in block
+    script = _as_checked_script(block.replace("127.0.0.1:8080", f"127.0.0.1:{port}"))
+    assert "expected 8" in script, "the tour shows the restored copy refused"
+    proc = subprocess.run(
+        ["bash", "-c", f"{script}\nwait"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr + proc.stdout + (tmp_path / "kbs.log").read_text()
+    assert "volume vtpm created" in proc.stdout
+    assert "older copy of the image was restored" in proc.stderr
+    assert "advanced" in proc.stdout  # the audit log
+    assert (tmp_path / "kbs-data" / "admin.token").stat().st_mode & 0o777 == 0o600
