@@ -454,3 +454,11 @@ def test_a_retried_advance_that_already_landed_is_not_a_fork(
         assert first.version == again.version
         with pytest.raises(ForkError):  # the same retry from another store is a fork
             client.ledger_advance("vol1", None, (0, b"\xaa" * 32), b"\x22" * 16)
+
+
+def test_refusals_carry_their_http_headers(kbs: LiveKbs) -> None:
+    with httpx.Client(base_url=kbs.url) as http:
+        assert http.delete("/kbs/v0/auth").headers["allow"] == "POST"
+        unauthorized = http.get("/kbs/v0/resource/a/b/c")
+        assert unauthorized.status_code == 401
+        assert unauthorized.headers["www-authenticate"].startswith("Bearer")

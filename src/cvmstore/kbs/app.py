@@ -13,7 +13,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from threading import Lock
 from typing import TypeVar
@@ -43,6 +43,7 @@ __all__ = ["SESSION_COOKIE", "create_app"]
 
 SESSION_COOKIE = "kbs-session-id"
 SIGNATURE_HEADER = "Cvmstore-Signature"
+BEARER_CHALLENGE = 'Bearer realm="kbs"'
 _log = logging.getLogger("cvmstore.kbs")
 _T = TypeVar("_T")
 
@@ -101,8 +102,10 @@ def create_app(service: KbsService, *, on_shutdown: Callable[[], None] | None = 
     secure_cookie = config.tls_certificate is not None
 
     async def call(fn: Callable[[], _T]) -> _T:
+        # At the deadline the request is answered 503; the worker thread finishes on its own
+        # (a thread cannot be stopped), and its result is dropped.
         with anyio.fail_after(config.request_timeout):
-            return await anyio.to_thread.run_sync(fn)
+            return await anyio.to_thread.run_sync(fn, abandon_on_cancel=True)
 
     async def body_bytes(request: Request) -> bytes:
         declared = request.headers.get("content-length")
@@ -347,8 +350,12 @@ def create_app(service: KbsService, *, on_shutdown: Callable[[], None] | None = 
         ),
     ]
 
-    def problem_response(problem: Problem) -> Response:
-        headers = {"Retry-After": "1"} if problem.status == 429 else None
+    def problem_response(problem: Problem, extra: Mapping[str, str] | None = None) -> Response:
+        headers = dict(extra or {})
+        if problem.status == 429:
+            headers["Retry-After"] = "1"
+        if problem.status == 401:
+            headers["WWW-Authenticate"] = BEARER_CHALLENGE
         return Response(
             json.dumps(problem.document()),
             status_code=problem.status,
@@ -363,7 +370,7 @@ def create_app(service: KbsService, *, on_shutdown: Callable[[], None] | None = 
     async def on_http(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         kind = {404: "NotFound", 405: "MethodNotAllowed"}.get(exc.status_code, "HttpError")
-        return problem_response(Problem(exc.status_code, kind, str(exc.detail)))
+        return problem_response(Problem(exc.status_code, kind, str(exc.detail)), exc.headers)
 
     async def on_error(request: Request, exc: Exception) -> Response:
         if isinstance(exc, TimeoutError):
