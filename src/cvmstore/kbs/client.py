@@ -316,6 +316,10 @@ class KbsClient:
             try:
                 response = self._http.request(method, path, json=json, params=params)
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError) as exc:
+                if _tls_refused(exc):
+                    raise KbsIdentityError(
+                        f"the KBS at {self.url} did not prove its TLS identity: {exc}"
+                    ) from None
                 if attempt == self.retries:
                     raise KbsUnreachableError(
                         f"the KBS at {self.url} cannot be reached after {attempt + 1} attempts:"
@@ -332,6 +336,16 @@ class KbsClient:
                 return response
             raise _refusal(response, method, path)
         raise AssertionError("unreachable")
+
+
+def _tls_refused(exc: BaseException) -> bool:
+    """Whether a connection failed because the server's certificate did not verify."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return "CERTIFICATE_VERIFY_FAILED" in str(exc)
 
 
 def _ledger_path(volume: str) -> str:

@@ -229,6 +229,9 @@ def serve_in_thread(config: KbsConfig, service: KbsService) -> Iterator[str]:
     """
     from cvmstore.kbs.app import create_app
 
+    tls: dict[str, str] = {}
+    if config.tls_certificate is not None and config.tls_key is not None:
+        tls = {"ssl_certfile": str(config.tls_certificate), "ssl_keyfile": str(config.tls_key)}
     server = uvicorn.Server(
         uvicorn.Config(
             create_app(service),
@@ -237,6 +240,7 @@ def serve_in_thread(config: KbsConfig, service: KbsService) -> Iterator[str]:
             log_config=None,
             access_log=False,
             timeout_graceful_shutdown=5,
+            **tls,  # type: ignore[arg-type]  # str paths, as uvicorn takes them
         )
     )
     thread = threading.Thread(target=server.run, name="cvmstore-kbs", daemon=True)
@@ -248,7 +252,7 @@ def serve_in_thread(config: KbsConfig, service: KbsService) -> Iterator[str]:
             raise RuntimeError(f"the KBS did not start on {config.listen}")
         time.sleep(0.01)
     try:
-        yield f"http://{config.listen}"
+        yield f"{'https' if tls else 'http'}://{config.listen}"
     finally:
         server.should_exit = True
         thread.join(timeout=30)
