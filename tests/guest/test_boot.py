@@ -16,6 +16,7 @@ from cvmstore.errors import (
     RollbackError,
 )
 from cvmstore.guest import GuestConfig, boot
+from cvmstore.integrity import AnchorPolicy
 from cvmstore.kbs.admin import AdminClient
 from cvmstore.kbs.evidence_source import SimulatorEvidence
 from cvmstore.kbs.repository import Repository
@@ -84,3 +85,20 @@ def test_policy_denial_forged_kbs_and_unreachable(kbs: LiveKbs) -> None:
     with pytest.raises(KbsUnreachableError, match="after 4 attempts"):
         boot(device, dead)
     assert device.image() == bytes(len(device.image()))  # nothing was written
+
+
+def test_batched_anchoring_has_a_bounded_window_and_close_anchors(kbs: LiveKbs) -> None:
+    device = MemoryDevice(256)
+    boot(device, config(kbs)).close()  # first boot, strict: formatted and anchored
+    batched = config(kbs, anchor_policy=AnchorPolicy(every_commits=4, every_seconds=3600))
+    with AdminClient(kbs.url, kbs.admin_token) as admin:
+        with boot(device, batched) as booted:
+            anchored = admin.volume("vtpm")["generation"]
+            for n in range(3):
+                booted.fs.write_file("/nv", b"state %d" % n)
+            commits, _ = booted.fs.store.rollback_window()
+            assert commits == 3  # three commits a host could still roll back
+            assert admin.volume("vtpm")["generation"] == anchored
+        assert admin.volume("vtpm")["generation"] == booted.generation + 3  # close anchored
+    with boot(device, config(kbs)) as again:
+        assert again.fs.read_file("/nv") == b"state 2"
