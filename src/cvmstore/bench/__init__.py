@@ -14,6 +14,14 @@ from cvmstore.bench._harness import Report as Report
 
 __all__ = ["SUITES", "BenchConfig", "Figure", "Report"]
 
+
+def _kbs(config: BenchConfig) -> Report:
+    # Imported on use: the KBS stack (httpx, Starlette, uvicorn) would slow every `cvmstore`.
+    from cvmstore.bench import kbs
+
+    return kbs.run(config)
+
+
 #: Suite name -> (one-line description, runner).
 SUITES: dict[str, tuple[str, Callable[[BenchConfig], Report]]] = {
     "block": ("FileDevice against bare os.pread/os.pwrite", block.run),
@@ -21,4 +29,5 @@ SUITES: dict[str, tuple[str, Callable[[BenchConfig], Report]]] = {
     "fs": ("the filesystem against the host filesystem doing the same work", fs.run),
     "snp": ("SEV-SNP report verification against a bare ECDSA P-384 verify", snp.run),
     "igvm": ("the SNP launch digest of an IGVM file against bare SHA-384 per page", igvm.run),
+    "kbs": ("KBS handshakes and ledger advances on loopback against crypto and SQLite", _kbs),
 }
