@@ -407,8 +407,10 @@ def _bad_jwks() -> list[Any]:
         pytest.param({**RSA_JWK, "e": "AAEAAQ"}, "leading zero", id="e-leading-zero"),
         pytest.param({**RSA_JWK, "e": ""}, "empty", id="e-empty"),
         pytest.param({**RSA_JWK, "e": _int_b64(65536)}, "must be odd", id="e-even"),
-        pytest.param({**RSA_JWK, "e": _int_b64(1)}, "at least 3", id="e-one"),
+        pytest.param({**RSA_JWK, "e": _int_b64(1)}, "3 to 2\\^64", id="e-one"),
         pytest.param({**RSA_JWK, "e": _int_b64(N + 2)}, "below n", id="e-above-n"),
+        pytest.param({**RSA_JWK, "e": _int_b64((1 << 64) + 1)}, "3 to 2\\^64", id="e-65-bits"),
+        pytest.param({**RSA_JWK, "n": _int_b64(N + 1)}, "modulus is even", id="n-even"),
     ]
 
 

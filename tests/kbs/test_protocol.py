@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -462,3 +463,78 @@ def test_refusals_carry_their_http_headers(kbs: LiveKbs) -> None:
         unauthorized = http.get("/kbs/v0/resource/a/b/c")
         assert unauthorized.status_code == 401
         assert unauthorized.headers["www-authenticate"].startswith("Bearer")
+
+
+def test_a_read_answer_passed_off_as_an_advance_is_refused(
+    kbs: LiveKbs, admin: AdminClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A host that saw the advance's nonce fetches a signed read with it and answers 200."""
+    admin.create_volume("vol1", POLICY)
+    with guest(kbs) as client:
+        client.attest()
+        original = client._request
+
+        def swallow(method: str, path: str, **kw: object) -> httpx.Response:
+            if method != "POST":
+                return original(method, path, **kw)  # type: ignore[arg-type]
+            nonce = json.loads(kw["content"])["nonce"]  # type: ignore[arg-type]
+            return original("GET", path, params={"nonce": nonce})
+
+        monkeypatch.setattr(client, "_request", swallow)
+        with pytest.raises(KbsIdentityError, match="does not say it advanced"):
+            client.ledger_advance("vol1", None, (0, b"\xaa" * 32), b"\x11" * 16)
+    assert admin.volume("vol1")["generation"] is None  # the ledger never moved
+
+
+def test_an_advance_needs_the_guests_mac_not_just_its_cookie(
+    kbs: LiveKbs, admin: AdminClient
+) -> None:
+    """The cookie travels in the clear without TLS; the ledger key never does."""
+    admin.create_volume("vol1", POLICY)
+    with guest(kbs) as client:
+        client.attest()
+        stolen = client._http.cookies["kbs-session-id"]
+        body = json.dumps(
+            {
+                "nonce": "A" * 43,
+                "expected": None,
+                "new": {"generation": 2**62, "root": "bb" * 32},
+                "store-id": "11" * 16,
+            }
+        )
+        with httpx.Client(base_url=kbs.url, headers={"Cookie": f"kbs-session-id={stolen}"}) as host:
+            url = "/kbs/v0/cvmstore/ledger/vol1"
+            problem(host.post(url, content=body), 401, "LedgerMacInvalid")
+            forged = {"Cvmstore-Ledger-Mac": "A" * 43}
+            problem(host.post(url, content=body, headers=forged), 401, "LedgerMacInvalid")
+        client.ledger_advance("vol1", None, (0, b"\xaa" * 32), b"\x11" * 16)  # the guest can
+    info = admin.volume("vol1")
+    assert (info["version"], info["generation"]) == (1, 0)
+
+
+def test_evidence_with_too_many_certificates_is_refused_before_verifying(
+    kbs: LiveKbs, admin: AdminClient
+) -> None:
+    http, nonce = raw_auth(kbs)
+    try:
+        body = attestation(nonce, ec.generate_private_key(ec.SECP256R1()))
+        evidence = body["tee-evidence"]["primary_evidence"]
+        evidence["cert_chain"] = evidence["cert_chain"] * 3  # 9 certificates
+        problem(http.post("/kbs/v0/attest", json=body), 400, "InvalidEvidence")
+    finally:
+        http.close()
+
+
+def test_the_auth_rate_limit_ignores_forwarded_for(tmp_path: Path, repository: Repository) -> None:
+    with (
+        live_kbs(tmp_path / "kbs", repository, auth_rate=0.01, auth_burst=2) as kbs,
+        httpx.Client(base_url=kbs.url) as http,
+    ):
+        request = {"version": "0.4.0", "tee": "snp"}
+        statuses = [
+            http.post(
+                "/kbs/v0/auth", json=request, headers={"X-Forwarded-For": f"10.0.0.{n}"}
+            ).status_code
+            for n in range(4)
+        ]
+    assert statuses == [200, 200, 429, 429]

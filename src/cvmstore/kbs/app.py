@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from threading import Lock
@@ -43,6 +44,8 @@ __all__ = ["SESSION_COOKIE", "create_app"]
 
 SESSION_COOKIE = "kbs-session-id"
 SIGNATURE_HEADER = "Cvmstore-Signature"
+LEDGER_MAC_HEADER = "Cvmstore-Ledger-Mac"
+LEDGER_KEY_MEMBER = "cvmstore-ledger-key"
 BEARER_CHALLENGE = 'Bearer realm="kbs"'
 _log = logging.getLogger("cvmstore.kbs")
 _T = TypeVar("_T")
@@ -73,25 +76,29 @@ class _Metrics:
 
 
 class _RateLimiter:
-    """A token bucket per client address (per process), for /auth."""
+    """A token bucket per client address (per process), for /auth.
+
+    The table keeps the most recently seen addresses only (an LRU), so a flood of addresses
+    costs bounded memory and constant time per request.
+    """
+
+    MAX_CLIENTS = 10_000
 
     def __init__(self, rate: float, burst: int) -> None:
         self.rate, self.burst = rate, burst
-        self._buckets: dict[str, tuple[float, float]] = {}
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
         self._lock = Lock()
 
     def allow(self, client: str) -> bool:
         now = time.monotonic()
         with self._lock:
-            tokens, at = self._buckets.get(client, (float(self.burst), now))
+            tokens, at = self._buckets.pop(client, (float(self.burst), now))
             tokens = min(float(self.burst), tokens + (now - at) * self.rate)
-            if tokens < 1:
-                self._buckets[client] = (tokens, now)
-                return False
-            self._buckets[client] = (tokens - 1, now)
-            if len(self._buckets) > 10_000:  # forget the idle, keep memory bounded
-                self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < 60}
-            return True
+            allowed = tokens >= 1
+            self._buckets[client] = (tokens - 1 if allowed else tokens, now)
+            if len(self._buckets) > self.MAX_CLIENTS:
+                self._buckets.popitem(last=False)
+            return allowed
 
 
 def create_app(service: KbsService, *, on_shutdown: Callable[[], None] | None = None) -> Starlette:
@@ -124,7 +131,9 @@ def create_app(service: KbsService, *, on_shutdown: Callable[[], None] | None = 
         return b"".join(chunks)
 
     async def json_body(request: Request) -> object:
-        raw = await body_bytes(request)
+        return parse_json(await body_bytes(request))
+
+    def parse_json(raw: bytes) -> object:
         try:
             value = strict_json(raw, "request body")
             # JSON can escape a lone surrogate ("\\ud800"): valid JSON, but no text any
@@ -173,12 +182,12 @@ def create_app(service: KbsService, *, on_shutdown: Callable[[], None] | None = 
         body = await json_body(request)
         session_id = request.cookies.get(SESSION_COOKIE)
         try:
-            token, session = await call(lambda: service.attest(session_id, body))
+            token, session, ledger_key = await call(lambda: service.attest(session_id, body))
         except Problem as exc:
             metrics.attestations.labels(exc.kind).inc()
             raise
         metrics.attestations.labels("affirming").inc()
-        response = JSONResponse({"token": token})
+        response = JSONResponse({"token": token, LEDGER_KEY_MEMBER: ledger_key})
         set_cookie(response, session.session_id, config.token_lifetime)
         return response
 
@@ -196,8 +205,12 @@ def create_app(service: KbsService, *, on_shutdown: Callable[[], None] | None = 
             nonce = request.query_params.get("nonce")
             answer = await call(lambda: service.ledger_read(creds, volume, nonce))
             return JSONResponse({"answer": answer})
-        body = await json_body(request)
-        status, answer = await call(lambda: service.ledger_advance(creds, volume, body))
+        raw = await body_bytes(request)
+        body = parse_json(raw)
+        mac = request.headers.get(LEDGER_MAC_HEADER)
+        status, answer = await call(
+            lambda: service.ledger_advance(creds, volume, body, raw=raw, mac=mac)
+        )
         metrics.ledger.labels("advanced" if status == 200 else "conflict").inc()
         if status == 409:
             raise Problem(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import json
 import secrets
 import ssl
@@ -53,6 +54,8 @@ __all__ = ["KbsClient", "LedgerAnswer"]
 
 SESSION_COOKIE = "kbs-session-id"
 SIGNATURE_HEADER = "Cvmstore-Signature"
+LEDGER_MAC_HEADER = "Cvmstore-Ledger-Mac"
+LEDGER_KEY_MEMBER = "cvmstore-ledger-key"
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +113,7 @@ class KbsClient:
             base_url=self.url, verify=tls_verify(verify), timeout=timeout, transport=transport
         )
         self._key: ec.EllipticCurvePrivateKey | None = None
+        self._ledger_key: bytes | None = None
         self.token: str | None = None
         self.token_claims: dict[str, Any] = {}
 
@@ -172,6 +176,13 @@ class KbsClient:
             or runtime.get("tee-pubkey") != jwk
         ):
             raise KbsIdentityError("the attestation token is not about this guest's key and nonce")
+        wrapped = answer.get(LEDGER_KEY_MEMBER)
+        self._ledger_key = None
+        if wrapped is not None:
+            try:
+                self._ledger_key = jwe_decrypt(wrapped, self._key)
+            except JoseError as exc:
+                raise KbsIdentityError(f"the ledger key does not decrypt: {exc}") from None
         self.token, self.token_claims = token, claims
         return claims
 
@@ -208,7 +219,10 @@ class KbsClient:
         """The volume's ledger entry, signed by the KBS and bound to a fresh nonce."""
         nonce = b64url_encode(secrets.token_bytes(32))
         response = self._request("GET", _ledger_path(volume), params={"nonce": nonce})
-        return self._answer(_json_of(response).get("answer"), volume, nonce)
+        answer = self._answer(_json_of(response).get("answer"), volume, nonce)
+        if answer.result != "current":
+            raise KbsIdentityError("the ledger answer is not an answer to a read")
+        return answer
 
     def ledger_advance(
         self,
@@ -232,15 +246,33 @@ class KbsClient:
             "new": {"generation": new[0], "root": new[1].hex()},
             "store-id": store_id.hex(),
         }
-        response = self._request("POST", _ledger_path(volume), json=body, accept=(200, 409))
+        if self._ledger_key is None:
+            raise KbsProtocolError("the KBS gave this session no ledger key: it cannot advance")
+        path = _ledger_path(volume)
+        raw = json.dumps(body, separators=(",", ":")).encode()
+        mac = hmac.new(self._ledger_key, b"POST " + path.encode() + b"\n" + raw, hashlib.sha256)
+        response = self._request(
+            "POST",
+            path,
+            content=raw,
+            headers={
+                "Content-Type": "application/json",
+                LEDGER_MAC_HEADER: b64url_encode(mac.digest()),
+            },
+            accept=(200, 409),
+        )
         answer = self._answer(_json_of(response).get("answer"), volume, nonce)
-        if (
-            response.status_code == 409
-            and (answer.generation, answer.root) == new
-            and (answer.store_id == store_id)
-        ):
-            # Our own advance, applied before a connection dropped and retried: the signed
-            # answer to this request says the ledger holds exactly what we asked for.
+        holds_new = (answer.generation, answer.root) == new and answer.store_id == store_id
+        if response.status_code == 200 or holds_new:
+            # A 200 must say "advanced" to exactly what was asked: a signed answer of another
+            # kind (a read, bound to this nonce by someone who saw it) proves nothing. A 409
+            # holding exactly `new` is our own advance, applied before a connection dropped
+            # and retried.
+            if not holds_new or (response.status_code == 200 and answer.result != "advanced"):
+                raise KbsIdentityError(
+                    f"the ledger answer for volume {volume!r} does not say it advanced to the"
+                    " requested state: not an answer to this advance"
+                )
             return answer
         if response.status_code == 409:
             raise ForkError(
@@ -309,12 +341,16 @@ class KbsClient:
         *,
         accept: tuple[int, ...] = (200,),
         json: object = None,
+        content: bytes | None = None,
+        headers: dict[str, str] | None = None,
         params: dict[str, str] | None = None,
     ) -> httpx.Response:
         delay = self.backoff
         for attempt in range(self.retries + 1):
             try:
-                response = self._http.request(method, path, json=json, params=params)
+                response = self._http.request(
+                    method, path, json=json, content=content, headers=headers, params=params
+                )
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError) as exc:
                 if _tls_refused(exc):
                     raise KbsIdentityError(

@@ -213,8 +213,12 @@ def _rsa_key(jwk: Mapping[str, str], what: str) -> rsa.RSAPublicKey:
             f"{what}: the modulus has {n.bit_length()} bits "
             f"(want {_RSA_MIN_BITS} to {_RSA_MAX_BITS})"
         )
-    if e < 3 or e % 2 == 0 or e >= n:
-        raise JoseError(f"{what}: the public exponent must be odd, at least 3 and below n")
+    if e < 3 or e % 2 == 0 or e >= n or e.bit_length() > 64:
+        # OpenSSL encrypts only to exponents of at most 64 bits: refuse the key here, at
+        # /attest, rather than fail to release a resource to it later.
+        raise JoseError(f"{what}: the public exponent must be odd, 3 to 2^64, and below n")
+    if n % 2 == 0:
+        raise JoseError(f"{what}: the modulus is even")
     try:
         return rsa.RSAPublicNumbers(e, n).public_key()
     except ValueError:

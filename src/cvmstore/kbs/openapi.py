@@ -373,7 +373,12 @@ _SCHEMAS: Json = {
                 "type": "string",
                 "pattern": _JWS,
                 "description": "EAR-style ES256 JWT; also usable as a Bearer credential.",
-            }
+            },
+            "cvmstore-ledger-key": {
+                **_ref("Jwe"),
+                "description": "The session's 32-byte ledger key, as a JWE to the TEE key:"
+                " ledger advances carry an HMAC-SHA256 under it (Cvmstore-Ledger-Mac).",
+            },
         },
     },
     "Jwe": {
@@ -799,6 +804,7 @@ _PATHS: Json = {
                         **_BAD_PATH,
                         "InvalidRequest": "a volume's tag (cvmstore/volume/<tag>) is not a"
                         " volume name",
+                        "InvalidTeePublicKey": "the session's key cannot be encrypted to",
                     },
                     401: _GUEST_401,
                     403: {
@@ -850,6 +856,16 @@ _PATHS: Json = {
             "tags": ["ledger"],
             "summary": "Compare-and-swap the volume's ledger entry.",
             "security": _GUEST,
+            "parameters": [
+                {
+                    "name": "Cvmstore-Ledger-Mac",
+                    "in": "header",
+                    "required": True,
+                    "description": "base64url HMAC-SHA256, under the session's ledger key, of"
+                    " 'POST ' + the path + a newline + the body as sent.",
+                    "schema": {"type": "string", "pattern": _B64URL},
+                }
+            ],
             "requestBody": {
                 "required": True,
                 "content": _json(
@@ -876,7 +892,11 @@ _PATHS: Json = {
                             "InvalidRequest": "bad JSON, a bad member, a bad volume name, or"
                             " new.generation not above expected.generation",
                         },
-                        401: _GUEST_401,
+                        401: {
+                            **_GUEST_401,
+                            "LedgerMacInvalid": "no Cvmstore-Ledger-Mac, or one that does not"
+                            " verify under the session's ledger key",
+                        },
                         403: _POLICY_DENY,
                         404: {**_VOLUME_NOT_FOUND, **_NO_ROUTE},
                         413: _PAYLOAD_TOO_LARGE,

@@ -176,6 +176,9 @@ def serve(config: KbsConfig) -> None:
         "timeout_keep_alive": 5,
         "timeout_graceful_shutdown": 10,
         "limit_concurrency": 1024,
+        # The client address keys the /auth rate limit: never take it from a header a
+        # client writes (X-Forwarded-For), even from loopback.
+        "proxy_headers": False,
         "server_header": False,
         **ssl,
     }
@@ -240,6 +243,7 @@ def serve_in_thread(config: KbsConfig, service: KbsService) -> Iterator[str]:
             log_config=None,
             access_log=False,
             timeout_graceful_shutdown=5,
+            proxy_headers=False,
             **tls,  # type: ignore[arg-type]  # str paths, as uvicorn takes them
         )
     )

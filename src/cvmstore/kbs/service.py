@@ -22,7 +22,7 @@ import json
 import re
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from cvmstore.errors import FormatError
@@ -69,6 +69,8 @@ _SESSION = re.compile(r"[0-9a-f]{32}")
 _HEX48 = re.compile(r"[0-9a-fA-F]{96}")
 VOLUME_REPOSITORY, VOLUME_TYPE = "cvmstore", "volume"
 ROOT_SECRET_BYTES = 32
+LEDGER_KEY_BYTES = 32
+LEDGER_PATH = "/kbs/v0/cvmstore/ledger"
 MAX_NONCE_BYTES = 64
 
 
@@ -152,8 +154,14 @@ class KbsService:
         self.repository.put_session(session)
         return session, {"nonce": session.nonce, "extra-params": ""}
 
-    def attest(self, session_id: str | None, body: object) -> tuple[str, SessionRecord]:
-        """POST /attest: verify the evidence of a pending session; return its token."""
+    def attest(
+        self, session_id: str | None, body: object
+    ) -> tuple[str, SessionRecord, dict[str, str]]:
+        """POST /attest: verify the evidence of a pending session.
+
+        Returns its token, the session, and the session's ledger key as a JWE to the guest's
+        key (only the attested guest can read it, so only it can MAC ledger advances).
+        """
         session = self._session(session_id)
         if session.attestation is not None:
             raise Problem(
@@ -201,13 +209,17 @@ class KbsService:
         token = self.signer.attestation_token(
             session.session_id, self.config.token_lifetime, annotated
         )
+        ledger_key = secrets.token_bytes(LEDGER_KEY_BYTES)
+        attested = replace(
+            attested, ledger_key=self.sealer.seal(_ledger_key_name(attested), ledger_key)
+        )
         # The session lives as long as its token, so a Bearer token finds its evidence.
         expires = max(session.expires, now + self.config.token_lifetime)
         if not self.repository.attest_session(
             session.session_id, session.nonce, attested.document(), token, expires
         ):
             raise Problem(401, "NonceReused", "this session was attested concurrently")
-        return token, session
+        return token, session, jwe_encrypt(key, ledger_key)
 
     def resource(self, credentials: Credentials, path: str) -> tuple[dict[str, str], str]:
         """GET /resource: the resource as a JWE to the session's key, and its signature."""
@@ -223,7 +235,12 @@ class KbsService:
             raise Problem(
                 403, "PolicyDeny", f"the session's key is no longer accepted: {exc}"
             ) from None
-        jwe = jwe_encrypt(key, secret)
+        try:
+            jwe = jwe_encrypt(key, secret)
+        except ValueError:  # a key OpenSSL will not encrypt to, whatever the checks missed
+            raise Problem(
+                400, "InvalidTeePublicKey", "the session's key cannot be encrypted to"
+            ) from None
         return jwe, self.sign_body(path, jwe)
 
     def sign_body(self, path: str, jwe: dict[str, str]) -> str:
@@ -244,10 +261,22 @@ class KbsService:
         return self._answer(record, _nonce(nonce), "current")
 
     def ledger_advance(
-        self, credentials: Credentials, volume: str, body: object
+        self,
+        credentials: Credentials,
+        volume: str,
+        body: object,
+        *,
+        raw: bytes,
+        mac: str | None,
     ) -> tuple[int, str]:
-        """POST a compare-and-swap advance; (200, answer) when it won, (409, answer) if not."""
+        """POST a compare-and-swap advance; (200, answer) when it won, (409, answer) if not.
+
+        `raw` is the request body as received and `mac` its Cvmstore-Ledger-Mac header:
+        HMAC-SHA256 under the session's ledger key of `ledger_mac_input(path, raw)`. A cookie
+        or token alone (which a host without TLS can read) cannot advance a ledger.
+        """
         attested = self._attested(credentials)
+        self._check_ledger_mac(attested, f"{LEDGER_PATH}/{volume}", raw, mac)
         request = _object(body, "advance")
         nonce = _nonce(request.get("nonce"))
         expected = _state(request.get("expected"), "expected", None, allow_null=True)
@@ -278,6 +307,29 @@ class KbsService:
         if not outcome.won:
             return 409, self._answer(outcome.volume, nonce, "conflict")
         return 200, self._answer(outcome.volume, nonce, "advanced")
+
+    def _check_ledger_mac(self, attested: Attested, path: str, raw: bytes, mac: str | None) -> None:
+        if attested.ledger_key is None:
+            raise Problem(401, "LedgerMacInvalid", "this session has no ledger key: attest again")
+        if mac is None:
+            raise Problem(
+                401,
+                "LedgerMacInvalid",
+                "a ledger advance needs the Cvmstore-Ledger-Mac header (HMAC-SHA256 under the"
+                " session's ledger key)",
+            )
+        key = self.sealer.unseal(_ledger_key_name(attested), attested.ledger_key)
+        expected = hmac.new(key, ledger_mac_input(path, raw), hashlib.sha256).digest()
+        try:
+            given = b64url_decode(mac, "Cvmstore-Ledger-Mac")
+        except JoseError:
+            given = b""
+        if not hmac.compare_digest(given, expected):
+            raise Problem(
+                401,
+                "LedgerMacInvalid",
+                "the ledger advance's MAC does not verify: the attested guest did not make it",
+            )
 
     def _answer(self, record: VolumeRecord, nonce: str, result: str) -> str:
         state = record.state
@@ -453,6 +505,16 @@ class KbsService:
         if now - self._sweep_at > 60:
             self._sweep_at = now
             self.repository.delete_expired_sessions(now)
+
+
+def ledger_mac_input(path: str, raw: bytes) -> bytes:
+    """What a ledger advance's MAC covers: the method and path, a newline, then the body."""
+    return b"POST " + path.encode("ascii") + b"\n" + raw
+
+
+def _ledger_key_name(attested: Attested) -> str:
+    # Every session's evidence is unique (it binds the session's nonce), so is this name.
+    return f"ledger-key:{attested.evidence_sha384}"
 
 
 def volume_document(record: VolumeRecord, audit: list[AuditRecord]) -> dict[str, Any]:

@@ -39,6 +39,8 @@ from cvmstore.kbs.problems import Problem
 __all__ = ["Attested", "EvidenceVerifier"]
 
 _CACHE_SIZE = 256
+#: VCEK or VLEK, ASK or ASVK, ARK, with room for both chains and a stale VEK.
+MAX_CERTIFICATES = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +55,8 @@ class Attested:
         attested_at: UNIX time of the verification.
         report: the raw SNP report (None for `sample`).
         certificates: the DER certificates that came with it.
+        ledger_key: the session's ledger key, sealed under the master key: ledger advances
+            must carry a MAC under it (proof that the attested guest made them).
     """
 
     tee: str
@@ -62,6 +66,7 @@ class Attested:
     attested_at: float
     report: bytes | None = None
     certificates: tuple[bytes, ...] = ()
+    ledger_key: bytes | None = None
 
     def document(self) -> str:
         """JSON text for the session record."""
@@ -74,6 +79,7 @@ class Attested:
                 "attested-at": self.attested_at,
                 "report": None if self.report is None else self.report.hex(),
                 "certificates": [base64.b64encode(der).decode() for der in self.certificates],
+                "ledger-key": None if self.ledger_key is None else self.ledger_key.hex(),
             },
             separators=(",", ":"),
         )
@@ -90,6 +96,9 @@ class Attested:
             attested_at=float(data["attested-at"]),
             report=None if data["report"] is None else bytes.fromhex(data["report"]),
             certificates=tuple(base64.b64decode(c) for c in data["certificates"]),
+            ledger_key=None
+            if data.get("ledger-key") is None
+            else bytes.fromhex(data["ledger-key"]),
         )
 
 
@@ -130,6 +139,14 @@ class EvidenceVerifier:
         if tee == "sample":
             return self._sample(evidence, nonce, key, additional_evidence, now)
         report, certificates = _parse_snp(evidence)
+        if len(certificates) > MAX_CERTIFICATES:
+            # Every candidate chain is tried: many junk certificates would buy a client
+            # seconds of the KBS's CPU before anything it cannot forge is checked.
+            raise Problem(
+                400,
+                "InvalidEvidence",
+                f"{len(certificates)} certificates: a VEK chain needs at most {MAX_CERTIFICATES}",
+            )
         verified = self._verify(report, certificates, now)
         binding = _match_binding(report, policy, nonce, key, additional_evidence)
         self._check(verified, policy, references, "AttestationFailed", 401)
@@ -183,6 +200,8 @@ class EvidenceVerifier:
                 f"{what}: the policy does not accept the {attested.binding} binding",
             )
         if attested.tee == "sample":
+            if not self.allow_sample:  # a session from before the configuration changed
+                raise Problem(403, "PolicyDeny", f"{what}: the sample TEE is disabled")
             return
         verified = self._restore(attested)
         self._check(verified, policy, references, "PolicyDeny", 403, what)
