@@ -641,6 +641,13 @@ def _byte_list(value: object, where: str, size: int | None) -> bytes:
         raise FormatError(f"{where}: expected a list of bytes, not {_kind(value)}")
     if size is not None and len(value) != size:
         raise FormatError(f"{where}: expected {size} bytes, not {len(value)}")
+    # The fast path: bytes() takes only ints 0-255 (and bools, which are refused below); the
+    # item-by-item check runs only to name the first bad element.
+    if all(type(item) is int for item in value):
+        try:
+            return bytes(value)
+        except ValueError:
+            pass
     for item in value:
         if not isinstance(item, int) or isinstance(item, bool) or not 0 <= item <= 255:
             raise FormatError(f"{where}: {_short(item)} is not a byte (0-255)")

@@ -312,8 +312,10 @@ def create_app(service: KbsService, *, on_shutdown: Callable[[], None] | None = 
     async def metrics_endpoint(request: Request) -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    openapi_json = json.dumps(openapi_document()).encode()  # built once per app
+
     async def openapi(request: Request) -> Response:
-        return JSONResponse(openapi_document())
+        return Response(openapi_json, media_type="application/json")
 
     resource_route = "/{repository}/{type}/{tag}"
     routes = [

@@ -13,6 +13,7 @@ Connection failures are retried with exponential backoff (bounded), then `KbsUnr
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import json
@@ -314,13 +315,10 @@ class KbsClient:
         try:
             header = json.loads(_b64_segment(token.split(".")[0]))
             jwk = header["jwk"]
-            if self.kbs_key is not None:
-                public = {k: jwk[k] for k in ("kty", "crv", "x", "y")}
-                if jwk_thumbprint(public) != self.kbs_key:
-                    raise KbsIdentityError(
-                        f"{what} is signed by another key than the pinned KBS key"
-                    )
-            return verify_jws(token, ec_public_key_from_jwk(jwk), require=require)
+            thumbprint, key = _signing_key(jwk["kty"], jwk["crv"], jwk["x"], jwk["y"])
+            if self.kbs_key is not None and thumbprint != self.kbs_key:
+                raise KbsIdentityError(f"{what} is signed by another key than the pinned KBS key")
+            return verify_jws(token, key, require=require)
         except KbsIdentityError:
             raise
         except (JoseError, ValueError, KeyError, TypeError, IndexError) as exc:
@@ -372,6 +370,13 @@ class KbsClient:
                 return response
             raise _refusal(response, method, path)
         raise AssertionError("unreachable")
+
+
+@functools.lru_cache(maxsize=16)
+def _signing_key(kty: str, crv: str, x: str, y: str) -> tuple[str, ec.EllipticCurvePublicKey]:
+    """A KBS key's thumbprint and validated public key (the same few keys, every answer)."""
+    public = {"kty": kty, "crv": crv, "x": x, "y": y}
+    return jwk_thumbprint(public), ec_public_key_from_jwk(public)
 
 
 def _tls_refused(exc: BaseException) -> bool:

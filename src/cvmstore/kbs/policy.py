@@ -18,6 +18,7 @@ releases a key to "any image".
 
 from __future__ import annotations
 
+import functools
 import json
 import tomllib
 from dataclasses import dataclass, replace
@@ -70,6 +71,13 @@ def parse_kbs_policy(text: str | bytes, *, source: str = "policy") -> KbsPolicy:
     Raises:
         FormatError: not TOML or JSON, or a key, type or value the schema refuses.
     """
+    return _parse_cached(text, source)
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_cached(text: str | bytes, source: str) -> KbsPolicy:
+    # Every ledger and resource request re-reads its stored policy: parse each text once.
+    # (A FormatError is not cached: the next call parses again and raises again.)
     if isinstance(text, bytes):
         try:
             text = text.decode("utf-8-sig")

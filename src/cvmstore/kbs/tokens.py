@@ -58,7 +58,9 @@ class SigningKey:
     def sign(self, claims: dict[str, Any]) -> str:
         """A compact JWS of `claims` (iss and iat added), with the public JWK in its header."""
         return sign_jws(
-            {"iss": ISSUER, "iat": int(time.time()), **claims}, self._key, headers={"jwk": self.jwk}
+            {"iss": ISSUER, "iat": int(time.time()), **claims},
+            self._key,
+            headers={"jwk": self.jwk, "kid": self.thumbprint},  # computed once, not per JWS
         )
 
     def verify(self, token: object, *, require: tuple[str, ...] = ("iat",)) -> dict[str, object]:
