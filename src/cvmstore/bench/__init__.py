@@ -22,6 +22,12 @@ def _kbs(config: BenchConfig) -> Report:
     return kbs.run(config)
 
 
+def _guest(config: BenchConfig) -> Report:
+    from cvmstore.bench import guest  # on use, as for `kbs`
+
+    return guest.run(config)
+
+
 #: Suite name -> (one-line description, runner).
 SUITES: dict[str, tuple[str, Callable[[BenchConfig], Report]]] = {
     "block": ("FileDevice against bare os.pread/os.pwrite", block.run),
@@ -30,4 +36,5 @@ SUITES: dict[str, tuple[str, Callable[[BenchConfig], Report]]] = {
     "snp": ("SEV-SNP report verification against a bare ECDSA P-384 verify", snp.run),
     "igvm": ("the SNP launch digest of an IGVM file against bare SHA-384 per page", igvm.run),
     "kbs": ("KBS handshakes and ledger advances on loopback against crypto and SQLite", _kbs),
+    "guest": ("commits anchored in a KBS ledger (strict, batched) against a FileAnchor", _guest),
 }
