@@ -22,6 +22,7 @@ disk raises `DeviceError`; a file that is not a SQLite database, or a corrupt on
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sqlite3
 import threading
@@ -66,6 +67,10 @@ class SqliteRepository:
         self._lock = threading.Lock()
         self._connections: list[tuple[weakref.ref[threading.Thread], sqlite3.Connection]] = []
         self._closed = False
+        # Writers queue here (threads) and on a lock file (processes) instead of in SQLite's
+        # busy handler, which sleeps up to 100 ms between tries and so starves unlucky writers.
+        self._writer = threading.RLock()
+        self._writer_file: int | None = None
         _create_database_file(self._path)
         try:
             self._connection()  # fail here, not at first use, on a bad file
@@ -143,7 +148,7 @@ class SqliteRepository:
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One write transaction, holding the database's write lock from its first statement."""
         connection = self._connection()
-        with _translated(self._path):
+        with self._writer, self._writer_lock(), _translated(self._path):
             connection.execute("BEGIN IMMEDIATE")
             try:
                 yield connection
@@ -152,6 +157,26 @@ class SqliteRepository:
                 if connection.in_transaction:
                     connection.execute("ROLLBACK")
                 raise
+
+    @contextmanager
+    def _writer_lock(self) -> Iterator[None]:
+        """An exclusive flock on DB-writer.lock beside the database.
+
+        Writers of other processes wait for it in the kernel, not in SQLite's sleeping retry
+        loop. The caller holds `_writer`, so one thread per process waits here at a time.
+        """
+        if self._writer_file is None:
+            try:
+                self._writer_file = os.open(
+                    f"{self._path}-writer.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
+                )
+            except OSError as exc:
+                raise DeviceError(f"cannot open the writer lock of {self._path}: {exc}") from None
+        fcntl.flock(self._writer_file, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._writer_file, fcntl.LOCK_UN)
 
     def _read(self, sql: str, params: Sequence[object] = ()) -> list[tuple[object, ...]]:
         """The rows of one query, read in autocommit mode (its own snapshot)."""
@@ -192,6 +217,10 @@ class SqliteRepository:
             connections, self._connections = self._connections, []
         for _, connection in connections:
             connection.close()
+        with self._writer:
+            if self._writer_file is not None:
+                os.close(self._writer_file)
+                self._writer_file = None
 
     # sessions --------------------------------------------------------------------------
 
