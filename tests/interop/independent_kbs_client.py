@@ -13,7 +13,10 @@ What it does:
   public key (JWK)");
 - resources: the flattened JWE, decrypted with `cryptography` ("The resource JWE"), after
   checking the `Cvmstore-Signature` header;
-- the ledger plugin: GET with a fresh nonce, POST compare-and-swap, 409 `LedgerConflict`;
+- the session's ledger key (`cvmstore-ledger-key` of the `/attest` answer, a JWE to the TEE
+  key) and the `Cvmstore-Ledger-Mac` header it keys ("The `Cvmstore-Ledger-Mac` header");
+- the ledger plugin: GET with a fresh nonce, POST compare-and-swap with its MAC, 409
+  `LedgerConflict`, and only the answers "What a guest accepts" allows;
 - every JWS (token, resource signature, ledger answer) is verified against a pinned RFC 7638
   thumbprint of the KBS key ("The `Cvmstore-Signature` header and pinning the KBS key").
 """
@@ -23,6 +26,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import hmac
 import json
 import re
 import secrets
@@ -57,6 +61,8 @@ __all__ = [
     "decrypt_jwe",
     "fresh_nonce",
     "jwk_thumbprint",
+    "ledger_mac",
+    "ledger_mac_input",
     "sample_report_data",
     "svsm_report_data",
     "trustee_report_data",
@@ -71,6 +77,10 @@ PROTOCOL_VERSION = "0.4.0"
 ISSUER = "cvmstore-kbs"
 COOKIE_NAME = "kbs-session-id"
 SIGNATURE_HEADER = "Cvmstore-Signature"
+#: "The `Cvmstore-Ledger-Mac` header" and the `/attest` answer member that keys it.
+LEDGER_MAC_HEADER = "Cvmstore-Ledger-Mac"
+LEDGER_KEY_MEMBER = "cvmstore-ledger-key"
+LEDGER_KEY_BYTES = 32
 #: "The attestation token": 30 seconds of clock skew are allowed both ways.
 CLOCK_SKEW = 30
 #: "The resource JWE": exactly these five members, in the order `jwe-sha256` joins them.
@@ -417,7 +427,7 @@ def _ecdh_es_a256kw_cek(header: Mapping[str, Any], key: TeeKey, encrypted_key: b
 @dataclass
 class Session:
     """One RCAR session: its TEE key, the Challenge nonce, the cookie and, once attested,
-    the token and its verified claims."""
+    the token, its verified claims and the ledger key."""
 
     key: TeeKey
     tee: str
@@ -426,6 +436,9 @@ class Session:
     cookie_attributes: dict[str, str]
     token: str | None = None
     claims: dict[str, Any] = field(default_factory=dict)
+    #: The 32-byte ledger key `/attest` gave this session (decrypted): it keys the MAC of
+    #: every ledger advance.
+    ledger_key: bytes | None = None
 
     def report_data(self, binding: Binding = "trustee", additional_evidence: str = "") -> bytes:
         """The 64 REPORT_DATA bytes of this session under `binding`."""
@@ -500,6 +513,21 @@ def _ledger_answer(
 def fresh_nonce(size: int = 32) -> str:
     """A ledger nonce: canonical base64url of `size` (16 to 64) fresh random bytes."""
     return b64url_encode(secrets.token_bytes(size))
+
+
+def ledger_mac_input(path: str, body: bytes) -> bytes:
+    """What a ledger advance's MAC covers: `"POST " || path || "\\n" || body`.
+
+    `path` is `/kbs/v0/cvmstore/ledger/<volume>` (no host, no query), as ASCII; `body` is the
+    request body exactly as sent ("The `Cvmstore-Ledger-Mac` header").
+    """
+    return b"POST " + path.encode("ascii") + b"\n" + body
+
+
+def ledger_mac(ledger_key: bytes, path: str, body: bytes) -> str:
+    """The `Cvmstore-Ledger-Mac` value: base64url (no padding) HMAC-SHA256 under the key."""
+    digest = hmac.new(ledger_key, ledger_mac_input(path, body), hashlib.sha256).digest()
+    return b64url_encode(digest)
 
 
 # ---------------------------------------------------------------- the client
@@ -604,7 +632,8 @@ class IndependentKbsClient:
         binding: Binding = "trustee",
         additional_evidence: str = "",
     ) -> str:
-        """`POST /kbs/v0/attest`; verifies the token (pin, claims) and keeps it in `session`.
+        """`POST /kbs/v0/attest`; verifies the token (pin, claims) and keeps it in `session`,
+        with the ledger key decrypted from the answer's `cvmstore-ledger-key`.
 
         `primary_evidence` must be a report whose REPORT_DATA is
         `session.report_data(binding, additional_evidence)`.
@@ -629,11 +658,20 @@ class IndependentKbsClient:
         token: str = answer["token"]
         claims = verify_jws(token, self.pinned_thumbprint)
         self._check_token(session, claims, binding, additional_evidence)
+        # "POST /kbs/v0/attest", 200: the ledger key is a JWE to the TEE key, of the resource
+        # JWE's form, whose plaintext is the 32 key bytes.
+        wrapped = answer.get(LEDGER_KEY_MEMBER)
+        if not isinstance(wrapped, dict):
+            raise ClientRefusal(f"the attestation answer has no {LEDGER_KEY_MEMBER} JWE")
+        ledger_key = decrypt_jwe(wrapped, session.key)
+        if len(ledger_key) != LEDGER_KEY_BYTES:
+            raise ClientRefusal(f"the ledger key is {len(ledger_key)} bytes, not 32")
         cookie, attributes = self._cookie(response)
         session.cookie = cookie
         session.cookie_attributes = attributes
         session.token = token
         session.claims = claims
+        session.ledger_key = ledger_key
         return token
 
     @staticmethod
@@ -710,13 +748,25 @@ class IndependentKbsClient:
         new: tuple[int, str],
         store_id: str,
         use: Credential = "token",
+        nonce: str | None = None,
     ) -> LedgerAnswer:
         """`POST /kbs/v0/cvmstore/ledger/<volume>`: compare-and-swap `expected` to `new`.
 
+        The body is serialized once; the `Cvmstore-Ledger-Mac` covers those bytes and those
+        bytes are sent. `nonce` (default: a fresh one) lets a caller resend the same request,
+        as after a lost answer. The answer is accepted as "What a guest accepts" says: a 200
+        that says "advanced" to exactly `new` and `store_id`, or a 409 whose entry holds
+        exactly that (this advance landed earlier; the answer's `result` is "conflict").
+
         Raises:
-            LedgerConflict: 409, with the verified current entry as `answer`.
+            LedgerConflict: any other 409 (a fork), with the verified current entry as
+                `answer`.
+            ClientRefusal: an answer that does not verify, is about another request, or is
+                a 200 that does not say this advance happened.
         """
-        nonce = fresh_nonce()
+        if session.ledger_key is None:
+            raise ValueError("the session is not attested: no ledger key")
+        nonce = fresh_nonce() if nonce is None else nonce
         body: dict[str, Any] = {
             "nonce": nonce,
             "expected": None
@@ -725,25 +775,32 @@ class IndependentKbsClient:
             "new": {"generation": new[0], "root": new[1]},
             "store-id": store_id,
         }
-        response = self._send(
-            "POST",
-            f"/kbs/v0/cvmstore/ledger/{volume}",
-            json=body,
-            headers=self._credential(session, use),
-        )
+        path = f"/kbs/v0/cvmstore/ledger/{volume}"
+        raw = json.dumps(body, separators=(",", ":")).encode("utf-8")
+        headers = {
+            **self._credential(session, use),
+            "Content-Type": "application/json",
+            LEDGER_MAC_HEADER: ledger_mac(session.ledger_key, path, raw),
+        }
+        response = self._send("POST", path, content=raw, headers=headers)
+        requested = (*new, store_id)
         if response.status_code == 409:
             document = self._problem(response)
             if document.get("title") == "LedgerConflict":
                 current = _ledger_answer(
                     document.get("answer"), volume, nonce, "conflict", self.pinned_thumbprint
                 )
-                raise LedgerConflict(409, document, current)
+                if (current.generation, current.root, current.store_id) == requested:
+                    return current  # this very advance, landed before its answer was lost
+                raise LedgerConflict(409, document, current)  # anything else: a fork
         answer = self._json(response)
         if not isinstance(answer, dict):
             raise ClientRefusal("the ledger answer is not an object")
+        # A 200 must say "advanced" (a read answer bound to this nonce is refused here) ...
         result = _ledger_answer(
             answer.get("answer"), volume, nonce, "advanced", self.pinned_thumbprint
         )
-        if (result.generation, result.root, result.store_id) != (*new, store_id):
+        # ... to exactly the state asked for.
+        if (result.generation, result.root, result.store_id) != requested:
             raise ClientRefusal("the advanced entry does not hold what was asked for")
         return result

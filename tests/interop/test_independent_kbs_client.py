@@ -43,6 +43,8 @@ from tests.interop.independent_kbs_client import (
     b64url_encode,
     decrypt_jwe,
     jwk_thumbprint,
+    ledger_mac,
+    ledger_mac_input,
     sample_report_data,
     svsm_report_data,
     trustee_report_data,
@@ -176,6 +178,26 @@ def test_worked_example_bindings() -> None:
         svsm_report_data(nonce, TeeKey.rsa().jwk)
 
 
+def test_worked_example_ledger_mac() -> None:
+    """ "A worked example" of "The `Cvmstore-Ledger-Mac` header", recomputed by this client."""
+    key = bytes.fromhex("000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f")
+    path = "/kbs/v0/cvmstore/ledger/vtpm"
+    body = (
+        b'{"nonce":"bm9uY2Ugb2YgdGhlIGd1ZXN0IGZvciB0aGlzIHJlYWQ","expected":null,'
+        b'"new":{"generation":1,"root":"' + b"5a" * 32 + b'"},"store-id":"' + b"c0" * 16 + b'"}'
+    )
+    assert len(body) == 214
+    mac_input = ledger_mac_input(path, body)
+    assert len(mac_input) == 248
+    assert mac_input.hex().startswith(
+        "504f5354202f6b62732f76302f63766d73746f72652f6c65646765722f7674706d0a7b22"
+    )
+    assert ledger_mac(key, path, body) == "E0IR91bulJwuga3taQx6-O6a1JBdUGGCI__2FFH2oWw"
+    assert b64url_decode(ledger_mac(key, path, body)).hex() == (
+        "134211f756ee949c2e81aded690c7af8ee9ad4905d50618223fff61451f6a16c"
+    )
+
+
 def test_concat_kdf_other_info_is_rfc7518() -> None:
     """The page's OtherInfo hex is RFC 7518 §4.6.2's for ECDH-ES+A256KW with empty parties."""
     alg = b"ECDH-ES+A256KW"
@@ -233,6 +255,9 @@ def test_auth_attest_resource(kbs: Kbs, kind: str) -> None:
         evidence = snp_evidence(report_data)
         token = client.attest(session, evidence)
         assert session.token == token
+        # "cvmstore-ledger-key": 32 bytes, decrypted like a resource with this key kind.
+        assert session.ledger_key is not None
+        assert len(session.ledger_key) == 32
         claims = session.claims
         assert claims["exp"] == claims["iat"] + 300
         assert claims["eat_profile"] == "tag:github.com,2024:confidential-containers/Trustee"
@@ -395,6 +420,128 @@ def test_ledger_read_advance_and_conflict(kbs: Kbs) -> None:
     assert volume["audit"][0]["from-version"] == volume["audit"][0]["to-version"] == 2
     assert volume["audit"][-1]["from-generation"] is None
     assert volume["audit"][-1]["to-generation"] == 1
+
+
+def test_an_advance_needs_the_ledger_mac(kbs: Kbs) -> None:
+    """A credential alone (which a host sees without TLS) cannot advance the ledger."""
+    path = f"/kbs/v0/cvmstore/ledger/{VOLUME}"
+    store_id, root1 = secrets.token_hex(16), secrets.token_hex(32)
+    body = {
+        "nonce": b64url_encode(secrets.token_bytes(32)),
+        "expected": None,
+        "new": {"generation": 1, "root": root1},
+        "store-id": store_id,
+    }
+    raw = json.dumps(body, separators=(",", ":")).encode()
+    with kbs.client() as client:
+        session = kbs.attested(client)
+        assert session.ledger_key is not None
+        other = kbs.attested(client)  # each attestation has its own ledger key
+        assert other.ledger_key is not None
+        assert other.ledger_key != session.ledger_key
+        bearer = {"Authorization": f"Bearer {session.token}", "Content-Type": "application/json"}
+        cookie = {"Cookie": f"kbs-session-id={session.cookie}", "Content-Type": "application/json"}
+        refusals = {
+            "no MAC, token": (bearer, raw),
+            "no MAC, cookie": (cookie, raw),
+            "a guessed MAC": ({**bearer, "Cvmstore-Ledger-Mac": "A" * 43}, raw),
+            "another session's key": (
+                {**bearer, "Cvmstore-Ledger-Mac": ledger_mac(other.ledger_key, path, raw)},
+                raw,
+            ),
+            "another volume's path": (
+                {
+                    **bearer,
+                    "Cvmstore-Ledger-Mac": ledger_mac(
+                        session.ledger_key, "/kbs/v0/cvmstore/ledger/other", raw
+                    ),
+                },
+                raw,
+            ),
+            # The MAC is over the bytes sent: the same JSON spaced differently does not match.
+            "the body re-serialized": (
+                {**bearer, "Cvmstore-Ledger-Mac": ledger_mac(session.ledger_key, path, raw)},
+                json.dumps(body).encode(),
+            ),
+            "padded base64url": (
+                {**bearer, "Cvmstore-Ledger-Mac": ledger_mac(session.ledger_key, path, raw) + "="},
+                raw,
+            ),
+        }
+        for name, (headers, content) in refusals.items():
+            response = httpx.post(f"{kbs.live.url}{path}", headers=headers, content=content)
+            assert response.status_code == 401, name
+            assert response.headers["content-type"].startswith("application/problem+json")
+            assert response.json()["title"] == "LedgerMacInvalid", name
+            assert response.headers["www-authenticate"].startswith("Bearer"), name
+        assert client.ledger_read(session, VOLUME).version == 0  # nothing moved
+
+        # The same request with the session's own MAC lands.
+        mac = ledger_mac(session.ledger_key, path, raw)
+        landed = httpx.post(
+            f"{kbs.live.url}{path}", headers={**bearer, "Cvmstore-Ledger-Mac": mac}, content=raw
+        )
+        assert landed.status_code == 200, landed.text
+        # And the client does the same by itself, in the other session.
+        two = client.ledger_advance(
+            other,
+            VOLUME,
+            expected=(1, root1),
+            new=(2, secrets.token_hex(32)),
+            store_id=store_id,
+        )
+        assert (two.version, two.generation, two.result) == (2, 2, "advanced")
+    audit = admin_json(kbs.admin.get(f"/admin/v0/volumes/{VOLUME}"), 200)["audit"]
+    assert [entry["outcome"] for entry in audit] == ["advanced", "advanced"]  # 401s leave none
+
+
+def test_a_retried_advance_that_landed_is_accepted(kbs: Kbs) -> None:
+    """ "What a guest accepts": a 409 that holds exactly the requested state is our advance."""
+    store_id, root1, root2 = secrets.token_hex(16), secrets.token_hex(32), secrets.token_hex(32)
+    nonce = b64url_encode(secrets.token_bytes(32))
+    with kbs.client() as client:
+        session = kbs.attested(client)
+        first = client.ledger_advance(
+            session, VOLUME, expected=None, new=(1, root1), store_id=store_id, nonce=nonce
+        )
+        assert first.result == "advanced"
+        # The answer was lost; the guest sends the very same request again.
+        retried = client.ledger_advance(
+            session, VOLUME, expected=None, new=(1, root1), store_id=store_id, nonce=nonce
+        )
+        assert (retried.result, retried.version, retried.generation, retried.root) == (
+            "conflict",
+            1,
+            1,
+            root1,
+        )
+        # A 409 holding anything else is a fork, as before.
+        with pytest.raises(LedgerConflict):
+            client.ledger_advance(session, VOLUME, expected=None, new=(1, root2), store_id=store_id)
+
+
+def test_a_read_answer_passed_off_as_an_advance_is_refused(
+    kbs: Kbs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A host that sees the advance's nonce drops it and answers with a signed read."""
+    with kbs.client() as client:
+        session = kbs.attested(client)
+        original = client._send
+
+        def host(method: str, path: str, **kwargs: Any) -> httpx.Response:
+            if method != "POST":
+                return original(method, path, **kwargs)
+            nonce = json.loads(kwargs["content"])["nonce"]
+            credential = {"Authorization": kwargs["headers"]["Authorization"]}
+            return original("GET", path, params={"nonce": nonce}, headers=credential)
+
+        monkeypatch.setattr(client, "_send", host)
+        with pytest.raises(ClientRefusal, match="result is 'current'"):
+            client.ledger_advance(
+                session, VOLUME, expected=None, new=(1, "11" * 16), store_id="22" * 16
+            )
+        monkeypatch.undo()
+        assert client.ledger_read(session, VOLUME).generation is None  # it never moved
 
 
 # ---------------------------------------------------------------- the svsm binding
