@@ -276,6 +276,8 @@ class KbsService:
         or token alone (which a host without TLS can read) cannot advance a ledger.
         """
         attested = self._attested(credentials)
+        if not _VOLUME.fullmatch(volume):
+            raise Problem(400, "InvalidRequest", f"{volume[:40]!r} is not a volume name")
         self._check_ledger_mac(attested, f"{LEDGER_PATH}/{volume}", raw, mac)
         request = _object(body, "advance")
         nonce = _nonce(request.get("nonce"))
