@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from cvmstore.cocoonfs.image import CocoonFsImage
-from cvmstore.cocoonfs.layout import CipherAlg, HashAlg, StaticHeader
+from cvmstore.cocoonfs.layout import CipherAlg, HashAlg, StaticHeader, decode_extent_ptr
 from tests.cocoonfs.conftest import COMBOS, GEOMETRIES, KEY, Tool
 
 TPM_NVCHIP = (1 << 32) | 0
@@ -117,3 +117,56 @@ def test_io_block_larger_than_4k(cocoonfs_tool: Tool, tmp_path: Path) -> None:
     assert opened.static_header.encoded_len == 16384
     assert [(e.inode, e.flags) for e in opened.list_files()] == [(1 << 33, 7)]
     assert opened.read_file(1 << 33) == data
+
+
+UUIDS = [f"6ba7b81{i}-9dad-11d1-80b4-00c04fd430c8" for i in range(3)]
+
+
+@pytest.mark.parametrize("reserve", ["disabled", "1K", "8K"])
+def test_auxiliary_metadata_is_skipped_by_the_authentication(
+    cocoonfs_tool: Tool, tmp_path: Path, reserve: str
+) -> None:
+    """Aux metadata extents are allocated but hashed as free; edits with and without the key
+    (which move or grow them) must leave the image authenticating."""
+    image = tmp_path / "aux.img"
+    cocoonfs_tool.mkfs(
+        image, "sha2", "aes", "128", "-s", "1M", "--aux-fs-metadata-extra-reserve-capacity", reserve
+    )
+    data = os.urandom(3000)
+    cocoonfs_tool.write_file(image, 16, data)
+    entry = tmp_path / "entry"
+    entry.write_bytes(os.urandom(700))
+    edit = ("aux-fs-metadata", "edit")
+    if reserve != "disabled":
+        cocoonfs_tool.run(image, *edit, "add-entry", "-i", str(entry), UUIDS[0])
+    entry.write_bytes(os.urandom(5000))
+    cocoonfs_tool.run(image, *edit, "-K", KEY.hex(), "add-entry", "-i", str(entry), UUIDS[1])
+    if reserve != "disabled":
+        entry.write_bytes(os.urandom(500))  # offline edits fit the extra reserve only
+        cocoonfs_tool.run(image, *edit, "add-entry", "-i", str(entry), UUIDS[2])
+
+    opened = CocoonFsImage.open(image.read_bytes(), KEY)
+
+    assert opened.read_file(16) == data
+    heads = [decode_extent_ptr(p) for p in opened.mutable_header.aux_fs_metadata_heads]
+    assert heads[0] is not None
+    assert (heads[1] is None) == (reserve == "disabled")
+
+
+def test_torn_inactive_aux_metadata_extent(cocoonfs_tool: Tool, tmp_path: Path) -> None:
+    """A torn extent in update group 1 is passed by its predecessor's second link; both tools
+    still open the image."""
+    image = tmp_path / "torn-aux.img"
+    cocoonfs_tool.mkfs(image, "sha3", "sm4", "128", "-s", "1M")
+    data = os.urandom(100)
+    cocoonfs_tool.write_file(image, 16, data)
+    raw = bytearray(image.read_bytes())
+    opened = CocoonFsImage.open(bytes(raw), KEY)
+    group1 = decode_extent_ptr(opened.mutable_header.aux_fs_metadata_heads[1])
+    assert group1 is not None
+    at = group1[0] << opened.layout.allocation_block_size_log2
+    raw[at : at + 128] = bytes(128)
+    image.write_bytes(bytes(raw))
+
+    assert CocoonFsImage.open(bytes(raw), KEY).read_file(16) == data
+    assert cocoonfs_tool.read_file(image, 16) == data
