@@ -65,6 +65,7 @@ __all__ = [
     "measure_igvm",
     "opened",
     "parse_anchor",
+    "read_input",
 ]
 
 ANCHOR_HELP = (
@@ -522,6 +523,21 @@ def add_measure_options(parser: argparse.ArgumentParser, *, see: str = "below") 
     )
 
 
+def read_input(name: str, what: str = "") -> bytes:
+    """The bytes of a local FILE argument, or of stdin for -.
+
+    Raises:
+        UsageError: the file cannot be read.
+    """
+    if name == "-":
+        return sys.stdin.buffer.read()
+    try:
+        return Path(name).read_bytes()
+    except OSError as exc:
+        label = f"{what} {name}" if what else name
+        raise UsageError(f"cannot read {label}: {exc.strerror}") from None
+
+
 def load_igvm(name: str) -> tuple[bytes, IgvmFile]:
     """The bytes of the IGVM file `name` (- for stdin), and the file parsed.
 
@@ -529,13 +545,7 @@ def load_igvm(name: str) -> tuple[bytes, IgvmFile]:
         UsageError: the file cannot be read.
         FormatError: (or a subclass) the file is malformed; the message names the file.
     """
-    if name == "-":
-        data = sys.stdin.buffer.read()
-    else:
-        try:
-            data = Path(name).read_bytes()
-        except OSError as exc:
-            raise UsageError(f"cannot read {name}: {exc.strerror}") from None
+    data = read_input(name)
     try:
         return data, parse_igvm(data)
     except FormatError as exc:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from cvmstore.cli.common import (
     SIMULATOR_KEY_SIZE,
     NestedParser,
 )
-from cvmstore.cli.usage import UsageError
+from cvmstore.cli.keys import write_private_file
 
 __all__ = ["register"]
 
@@ -85,15 +84,7 @@ def _simulator_root(args: argparse.Namespace) -> int:
 
     root = Simulator(key_size=SIMULATOR_KEY_SIZE).root
     path: Path = args.file
-    flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_TRUNC if args.force else os.O_EXCL)
-    try:
-        fd = os.open(path, flags, 0o600)
-    except FileExistsError:
-        raise UsageError(f"{path} already exists (use --force to replace it)") from None
-    except OSError as exc:
-        raise UsageError(f"cannot create {path}: {exc.strerror}") from None
-    with os.fdopen(fd, "wb") as f:
-        f.write(root.to_pem())
+    write_private_file(path, root.to_pem(), force=args.force)
     spki = root.certificate.public_key().public_bytes(
         Encoding.DER, PublicFormat.SubjectPublicKeyInfo
     )

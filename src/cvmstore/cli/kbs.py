@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cvmstore.cli.common import add_measure_options, measure_igvm
+from cvmstore.cli.common import add_measure_options, measure_igvm, read_input
 from cvmstore.cli.usage import UsageError
 from cvmstore.errors import FormatError
 
@@ -650,16 +650,6 @@ def _token_text(raw: bytes, where: str) -> str:
     return token.decode("ascii")
 
 
-def _read(name: str, what: str) -> bytes:
-    """The bytes of a local FILE argument, or of stdin for -."""
-    if name == "-":
-        return sys.stdin.buffer.read()
-    try:
-        return Path(name).read_bytes()
-    except OSError as exc:
-        raise UsageError(f"cannot read {what} {name}: {exc.strerror}") from None
-
-
 def _resource_path(path: str) -> str:
     """PATH checked as the KBS checks it, so that it is also safe in the request's URL."""
     from cvmstore.kbs.problems import Problem
@@ -705,7 +695,7 @@ def _measurement(text: str) -> str:
 
 
 def _policy(name: str) -> bytes:
-    document = _read(name, "policy file")
+    document = read_input(name, "policy file")
     if not document.strip():
         raise UsageError(f"policy file {name} is empty")
     return document
@@ -725,7 +715,7 @@ def _when(seconds: float) -> str:
 
 def _set_resource(args: argparse.Namespace) -> int:
     path = _resource_path(args.path)
-    value = _read(args.file, "resource file")
+    value = read_input(args.file, "resource file")
     if not value:
         raise UsageError(f"{args.file} is empty: a resource cannot be empty")
     with _client(args) as client:

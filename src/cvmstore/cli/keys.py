@@ -12,7 +12,7 @@ from pathlib import Path
 
 from cvmstore.cli.usage import UsageError
 
-__all__ = ["KEY_ENV", "KEY_FILE_ENV", "load_key", "write_new_key"]
+__all__ = ["KEY_ENV", "KEY_FILE_ENV", "load_key", "write_new_key", "write_private_file"]
 
 KEY_FILE_ENV = "CVMSTORE_KEY_FILE"
 KEY_ENV = "CVMSTORE_KEY"
@@ -56,7 +56,11 @@ def load_key(key_file: str | None) -> bytes:
 def write_new_key(path: Path, *, hex_text: bool, force: bool) -> None:
     """Write 32 fresh random bytes to `path`, readable by the owner only."""
     key = secrets.token_bytes(KEY_BYTES)
-    data = (key.hex() + "\n").encode("ascii") if hex_text else key
+    write_private_file(path, (key.hex() + "\n").encode("ascii") if hex_text else key, force=force)
+
+
+def write_private_file(path: Path, data: bytes, *, force: bool) -> None:
+    """Write `data` to a new file readable by the owner only (replace one only with `force`)."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_TRUNC if force else os.O_EXCL)
     try:
         fd = os.open(path, flags, 0o600)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import hmac
 import json
-import sys
 import textwrap
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,7 +23,7 @@ from cvmstore.attest.policy import check_policy, load_policy, policy_to_dict
 from cvmstore.attest.report import AttestationReport, SigningKey
 from cvmstore.attest.tcb import Product, TcbVersion
 from cvmstore.attest.verify import Trust, VerifiedReport, verify_report
-from cvmstore.cli.common import NestedParser
+from cvmstore.cli.common import NestedParser, read_input
 from cvmstore.cli.usage import UsageError
 from cvmstore.errors import AttestationError, FormatError, PolicyError
 
@@ -416,13 +415,7 @@ def _verified_lines(
 
 
 def _load(name: str) -> Evidence:
-    if name == "-":
-        data = sys.stdin.buffer.read()
-    else:
-        try:
-            data = Path(name).read_bytes()
-        except OSError as exc:
-            raise UsageError(f"cannot read {name}: {exc.strerror}") from None
+    data = read_input(name)
     try:
         return load_evidence(data)
     except FormatError as exc:

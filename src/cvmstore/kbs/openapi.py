@@ -14,6 +14,7 @@ from typing import Any
 
 from cvmstore.kbs.config import PROTOCOL_VERSION
 from cvmstore.kbs.problems import PROBLEM_CONTENT_TYPE, PROBLEM_TYPE_PREFIX
+from cvmstore.kbs.service import TRUSTEE_TEES
 
 __all__ = ["openapi_document"]
 
@@ -56,21 +57,7 @@ _EXAMPLE_ATTESTATION = {
     },
 }
 
-_TEES = [
-    "snp",
-    "tdx",
-    "sgx",
-    "az-snp-vtpm",
-    "az-tdx-vtpm",
-    "cca",
-    "csv",
-    "se",
-    "tpm",
-    "hygondcu",
-    "nvidia",
-    "sample",
-    "sampledevice",
-]
+_TEES = list(TRUSTEE_TEES)
 
 
 def _ref(name: str) -> Json:

@@ -43,24 +43,23 @@ from cvmstore.kbs.verifier import Attested, EvidenceVerifier, snp_claims
 
 __all__ = ["Credentials", "KbsService", "resource_path", "volume_resource_path"]
 
-#: TEE names of Trustee's protocol (kbs-types); all but these two are refused as unsupported.
-KNOWN_TEES = frozenset(
-    [
-        "snp",
-        "tdx",
-        "sgx",
-        "az-snp-vtpm",
-        "az-tdx-vtpm",
-        "cca",
-        "csv",
-        "se",
-        "tpm",
-        "hygondcu",
-        "nvidia",
-        "sample",
-        "sampledevice",
-    ]
+#: TEE names of Trustee's protocol (kbs-types); all but snp and sample are refused as unsupported.
+TRUSTEE_TEES = (
+    "snp",
+    "tdx",
+    "sgx",
+    "az-snp-vtpm",
+    "az-tdx-vtpm",
+    "cca",
+    "csv",
+    "se",
+    "tpm",
+    "hygondcu",
+    "nvidia",
+    "sample",
+    "sampledevice",
 )
+KNOWN_TEES = frozenset(TRUSTEE_TEES)
 ATTESTATION_POLICY = "attestation"
 REFERENCE_KIND = "snp-measurement"
 _PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
