@@ -70,7 +70,15 @@ from cvmstore.bench._harness import BenchConfig, Figure, Report, interleave
 from cvmstore.kbs.binding import trustee_report_data
 from cvmstore.kbs.client import KbsClient
 from cvmstore.kbs.config import PROTOCOL_VERSION, KbsConfig
-from cvmstore.kbs.jose import b64url_encode, jwe_decrypt, jwe_encrypt, parse_tee_jwk, tee_jwk
+from cvmstore.kbs.jose import (
+    b64url_encode,
+    jwe_decrypt,
+    jwe_digest,
+    jwe_encrypt,
+    parse_tee_jwk,
+    tee_jwk,
+)
+from cvmstore.kbs.protocol import SESSION_COOKIE
 from cvmstore.kbs.sealing import Sealer, load_master_key
 from cvmstore.kbs.server import new_admin_token
 from cvmstore.kbs.service import KbsService
@@ -93,7 +101,6 @@ _POLICY = f'measurements = ["{_MEASUREMENT.hex()}"]\n'
 _RESOURCE = "bench/key/handshake"
 _SECRET = hashlib.sha256(b"the released resource").digest()
 _AUTH_BODY = json.dumps({"version": PROTOCOL_VERSION, "tee": "snp", "extra-params": ""}).encode()
-_SESSION_COOKIE = "kbs-session-id"
 
 
 def run(
@@ -329,8 +336,7 @@ class _Ceiling:
         verify_report(self.report, self.chain, trust=self.trust)
         self.signer.attestation_token("0" * 32, 300, self.claims)
         jwe = jwe_encrypt(self.key, _SECRET)
-        digest = hashlib.sha256("\n".join(jwe.values()).encode()).digest()
-        self.signer.sign({"resource": _RESOURCE, "jwe-sha256": b64url_encode(digest)})
+        self.signer.sign({"resource": _RESOURCE, "jwe-sha256": jwe_digest(jwe)})
 
     def rate(self, seconds: float) -> float:
         """Handshakes/s of one worker's crypto over about `seconds`."""
@@ -826,7 +832,7 @@ class _Handshaker:
         data = response.read()
         for header in response.headers.get_all("set-cookie") or ():
             name_value = header.partition(";")[0].strip()
-            if name_value.startswith(f"{_SESSION_COOKIE}="):
+            if name_value.startswith(f"{SESSION_COOKIE}="):
                 self.cookie = name_value
         if response.status != 200:
             raise RuntimeError(f"{method} {path}: HTTP {response.status}: {data[:300]!r}")

@@ -671,10 +671,10 @@ def _volume_name(name: str) -> str:
     # A volume's name is the tag of its root secret's path: checked the same way, which
     # also keeps it safe in the request's URL (the KBS applies its 64-character limit).
     from cvmstore.kbs.problems import Problem
-    from cvmstore.kbs.service import VOLUME_REPOSITORY, VOLUME_TYPE, resource_path
+    from cvmstore.kbs.service import resource_path
 
     try:
-        resource_path(VOLUME_REPOSITORY, VOLUME_TYPE, name)
+        resource_path("cvmstore", "volume", name)
     except Problem:
         raise UsageError(
             f"volume name {name[:80]!r}: expected 1-64 of [A-Za-z0-9._-], not starting with . - _"

@@ -26,10 +26,9 @@ from cvmstore.integrity import AnchorPolicy
 from cvmstore.kbs.anchor import KbsAnchor
 from cvmstore.kbs.client import KbsClient
 from cvmstore.kbs.evidence_source import EvidenceSource
+from cvmstore.kbs.protocol import volume_resource_path
 
 __all__ = ["BootReport", "GuestConfig", "boot"]
-
-VOLUME_RESOURCE = "cvmstore/volume/{volume}"
 
 
 @dataclass(frozen=True)
@@ -116,7 +115,7 @@ def boot(device: BlockDevice, config: GuestConfig, *, format_if_blank: bool = Tr
     client = config.client()
     try:
         client.attest()
-        root_secret = client.resource(VOLUME_RESOURCE.format(volume=config.volume))
+        root_secret = client.resource(volume_resource_path(config.volume))
         anchor = KbsAnchor(client, config.volume)
         try:
             fs = open_filesystem(device, root_secret, anchor, policy=config.anchor_policy)

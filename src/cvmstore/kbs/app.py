@@ -38,14 +38,17 @@ from cvmstore.attest._json import strict_json
 from cvmstore.errors import CvmstoreError, FormatError
 from cvmstore.kbs.openapi import openapi_document
 from cvmstore.kbs.problems import PROBLEM_CONTENT_TYPE, Problem
+from cvmstore.kbs.protocol import (
+    LEDGER_KEY_MEMBER,
+    LEDGER_MAC_HEADER,
+    LEDGER_PATH,
+    SESSION_COOKIE,
+    SIGNATURE_HEADER,
+)
 from cvmstore.kbs.service import Credentials, KbsService, resource_path
 
 __all__ = ["SESSION_COOKIE", "create_app"]
 
-SESSION_COOKIE = "kbs-session-id"
-SIGNATURE_HEADER = "Cvmstore-Signature"
-LEDGER_MAC_HEADER = "Cvmstore-Ledger-Mac"
-LEDGER_KEY_MEMBER = "cvmstore-ledger-key"
 BEARER_CHALLENGE = 'Bearer realm="kbs"'
 _log = logging.getLogger("cvmstore.kbs")
 _T = TypeVar("_T")
@@ -322,7 +325,7 @@ def create_app(service: KbsService, *, on_shutdown: Callable[[], None] | None = 
         Route("/kbs/v0/auth", auth, methods=["POST"], name="auth"),
         Route("/kbs/v0/attest", attest, methods=["POST"], name="attest"),
         Route("/kbs/v0/resource" + resource_route, resource, methods=["GET"], name="resource"),
-        Route("/kbs/v0/cvmstore/ledger/{volume}", ledger, methods=["GET", "POST"], name="ledger"),
+        Route(LEDGER_PATH + "/{volume}", ledger, methods=["GET", "POST"], name="ledger"),
         Route("/kbs/v0/openapi.json", openapi, methods=["GET"], name="openapi"),
         Route("/healthz", healthz, methods=["GET"], name="healthz"),
         Route("/metrics", metrics_endpoint, methods=["GET"], name="metrics"),

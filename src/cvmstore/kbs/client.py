@@ -37,7 +37,7 @@ from cvmstore.errors import (
     KbsUnreachableError,
     ResourceNotFoundError,
 )
-from cvmstore.kbs.binding import svsm_binding, trustee_digest
+from cvmstore.kbs.binding import svsm_binding, trustee_report_data
 from cvmstore.kbs.config import PROTOCOL_VERSION
 from cvmstore.kbs.evidence_source import EvidenceSource
 from cvmstore.kbs.jose import (
@@ -45,18 +45,21 @@ from cvmstore.kbs.jose import (
     b64url_encode,
     ec_public_key_from_jwk,
     jwe_decrypt,
+    jwe_digest,
     jwk_thumbprint,
     parse_tee_jwk,
     tee_jwk,
     verify_jws,
 )
+from cvmstore.kbs.protocol import (
+    LEDGER_KEY_MEMBER,
+    LEDGER_MAC_HEADER,
+    LEDGER_PATH,
+    SIGNATURE_HEADER,
+    ledger_mac_input,
+)
 
 __all__ = ["KbsClient", "LedgerAnswer"]
-
-SESSION_COOKIE = "kbs-session-id"
-SIGNATURE_HEADER = "Cvmstore-Signature"
-LEDGER_MAC_HEADER = "Cvmstore-Ledger-Mac"
-LEDGER_KEY_MEMBER = "cvmstore-ledger-key"
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +158,7 @@ class KbsClient:
             if report_data is None:
                 raise KbsProtocolError("the KBS's nonce is not standard base64")
         else:
-            report_data = trustee_digest(nonce, jwk, "").ljust(64, b"\0")
+            report_data = trustee_report_data(nonce, jwk, "")
         body = {
             "init-data": None,
             "runtime-data": {"nonce": nonce, "tee-pubkey": jwk},
@@ -205,7 +208,7 @@ class KbsClient:
             if signature is None:
                 raise KbsIdentityError(f"the resource {path} comes without the KBS's signature")
             claims = self._verified(signature, f"the signature of resource {path}")
-            if claims.get("resource") != path or claims.get("jwe-sha256") != _jwe_digest(jwe):
+            if claims.get("resource") != path or claims.get("jwe-sha256") != jwe_digest(jwe):
                 raise KbsIdentityError(f"the signature does not cover resource {path} as received")
         try:
             return jwe_decrypt(jwe, key)
@@ -251,7 +254,7 @@ class KbsClient:
             raise KbsProtocolError("the KBS gave this session no ledger key: it cannot advance")
         path = _ledger_path(volume)
         raw = json.dumps(body, separators=(",", ":")).encode()
-        mac = hmac.new(self._ledger_key, b"POST " + path.encode() + b"\n" + raw, hashlib.sha256)
+        mac = hmac.new(self._ledger_key, ledger_mac_input(path, raw), hashlib.sha256)
         response = self._request(
             "POST",
             path,
@@ -390,7 +393,7 @@ def _tls_refused(exc: BaseException) -> bool:
 
 
 def _ledger_path(volume: str) -> str:
-    return f"/kbs/v0/cvmstore/ledger/{quote(volume, safe='')}"
+    return f"{LEDGER_PATH}/{quote(volume, safe='')}"
 
 
 def tls_verify(verify: bool | str) -> bool | ssl.SSLContext:
@@ -426,13 +429,6 @@ def _json_of(response: httpx.Response) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise KbsProtocolError("the KBS answered with JSON that is not an object")
     return value
-
-
-def _jwe_digest(jwe: dict[str, Any]) -> str:
-    joined = "\n".join(
-        str(jwe.get(k, "")) for k in ("protected", "encrypted_key", "iv", "ciphertext", "tag")
-    )
-    return b64url_encode(hashlib.sha256(joined.encode()).digest())
 
 
 def _b64_segment(segment: str) -> bytes:

@@ -26,6 +26,7 @@ Every primitive comes from `cryptography` or PyJWT. Anything malformed or unveri
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import math
 import os
@@ -58,6 +59,7 @@ __all__ = [
     "ec_public_jwk",
     "ec_public_key_from_jwk",
     "jwe_decrypt",
+    "jwe_digest",
     "jwe_encrypt",
     "jwk_thumbprint",
     "parse_tee_jwk",
@@ -546,8 +548,19 @@ def sign_jws(
     extra = dict(headers or {})
     if extra.get("alg", _ES256) != _ES256:
         raise ValueError("sign_jws signs with ES256 only")
-    merged = {"kid": jwk_thumbprint(ec_public_jwk(private_key.public_key())), **extra}
+    if "kid" not in extra:
+        extra["kid"] = jwk_thumbprint(ec_public_jwk(private_key.public_key()))
+    merged = extra
     return jwt.encode(dict(claims), private_key, algorithm=_ES256, headers=merged)
+
+
+def jwe_digest(jwe: Mapping[str, object]) -> str:
+    """base64url SHA-256 of a flattened JWE's five members joined by newlines, in order.
+
+    What the KBS's resource signature covers (`Cvmstore-Signature`, claim `jwe-sha256`).
+    """
+    joined = "\n".join(str(jwe.get(name, "")) for name in _JWE_MEMBERS)
+    return b64url_encode(hashlib.sha256(joined.encode()).digest())
 
 
 def _check_times(claims: Mapping[str, object], now: float, leeway: float) -> None:

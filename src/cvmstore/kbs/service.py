@@ -27,9 +27,21 @@ from typing import Any
 
 from cvmstore.errors import FormatError
 from cvmstore.kbs.config import PROTOCOL_VERSION, KbsConfig
-from cvmstore.kbs.jose import JoseError, b64url_decode, b64url_encode, jwe_encrypt, parse_tee_jwk
+from cvmstore.kbs.jose import (
+    JoseError,
+    b64url_decode,
+    jwe_digest,
+    jwe_encrypt,
+    parse_tee_jwk,
+)
 from cvmstore.kbs.policy import DEFAULT_POLICY, KbsPolicy, parse_kbs_policy
 from cvmstore.kbs.problems import Problem
+from cvmstore.kbs.protocol import (
+    LEDGER_PATH,
+    VOLUME_PREFIX,
+    ledger_mac_input,
+    volume_resource_path,
+)
 from cvmstore.kbs.repository import (
     AuditRecord,
     LedgerState,
@@ -66,10 +78,8 @@ _PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _VOLUME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _SESSION = re.compile(r"[0-9a-f]{32}")
 _HEX48 = re.compile(r"[0-9a-fA-F]{96}")
-VOLUME_REPOSITORY, VOLUME_TYPE = "cvmstore", "volume"
 ROOT_SECRET_BYTES = 32
 LEDGER_KEY_BYTES = 32
-LEDGER_PATH = "/kbs/v0/cvmstore/ledger"
 MAX_NONCE_BYTES = 64
 
 
@@ -91,11 +101,6 @@ def resource_path(repository: str, kind: str, tag: str) -> str:
         if not _PART.fullmatch(part):
             raise Problem(400, "InvalidResourcePath", f"resource {name} {part[:40]!r} is not valid")
     return f"{repository}/{kind}/{tag}"
-
-
-def volume_resource_path(volume: str) -> str:
-    """Where a volume's root secret lives."""
-    return f"{VOLUME_REPOSITORY}/{VOLUME_TYPE}/{volume}"
 
 
 class KbsService:
@@ -244,12 +249,7 @@ class KbsService:
 
     def sign_body(self, path: str, jwe: dict[str, str]) -> str:
         """A JWS over a resource answer: which path, and the SHA-256 of the JWE's members."""
-        digest = hashlib.sha256(
-            "\n".join(
-                jwe[k] for k in ("protected", "encrypted_key", "iv", "ciphertext", "tag")
-            ).encode()
-        ).digest()
-        return self.signer.sign({"resource": path, "jwe-sha256": b64url_encode(digest)})
+        return self.signer.sign({"resource": path, "jwe-sha256": jwe_digest(jwe)})
 
     # ================================================================== the ledger
 
@@ -368,7 +368,7 @@ class KbsService:
 
     def set_resource(self, path: str, value: bytes) -> None:
         """Create or replace a resource (sealed under the master key)."""
-        if path.startswith(f"{VOLUME_REPOSITORY}/{VOLUME_TYPE}/"):
+        if path.startswith(VOLUME_PREFIX):
             raise Problem(409, "Conflict", "volume root secrets are made by `volume create`")
         if not value:
             raise Problem(400, "InvalidRequest", "a resource cannot be empty")
@@ -376,7 +376,7 @@ class KbsService:
 
     def delete_resource(self, path: str) -> None:
         """Delete a resource (404 if there is none)."""
-        if path.startswith(f"{VOLUME_REPOSITORY}/{VOLUME_TYPE}/"):
+        if path.startswith(VOLUME_PREFIX):
             raise Problem(409, "Conflict", "a volume's root secret goes with the volume")
         if not self.repository.delete_resource(path):
             raise Problem(404, "ResourceNotFound", f"no resource at {path}")
@@ -391,7 +391,7 @@ class KbsService:
     def set_resource_policy(self, path: str, text: bytes) -> KbsPolicy:
         """Set which evidence may read the resource at `path` (a volume's: its policy)."""
         policy = _parse_policy(text, f"policy of {path}")
-        prefix = f"{VOLUME_REPOSITORY}/{VOLUME_TYPE}/"
+        prefix = VOLUME_PREFIX
         if path.startswith(prefix):
             if not self.repository.set_volume_policy(path[len(prefix) :], policy.document()):
                 raise Problem(404, "VolumeNotFound", f"no volume for {path}")
@@ -482,7 +482,7 @@ class KbsService:
         return Attested.from_document(session.attestation)
 
     def _authorize_resource(self, attested: Attested, path: str) -> None:
-        prefix = f"{VOLUME_REPOSITORY}/{VOLUME_TYPE}/"
+        prefix = VOLUME_PREFIX
         if path.startswith(prefix):
             self._volume_for(attested, path[len(prefix) :])
             return
@@ -506,11 +506,6 @@ class KbsService:
         if now - self._sweep_at > 60:
             self._sweep_at = now
             self.repository.delete_expired_sessions(now)
-
-
-def ledger_mac_input(path: str, raw: bytes) -> bytes:
-    """What a ledger advance's MAC covers: the method and path, a newline, then the body."""
-    return b"POST " + path.encode("ascii") + b"\n" + raw
 
 
 def _ledger_key_name(attested: Attested) -> str:

@@ -31,7 +31,7 @@ from cvmstore.attest.policy import check_policy
 from cvmstore.attest.report import AttestationReport
 from cvmstore.attest.verify import Trust, VerifiedReport, verify_report
 from cvmstore.errors import AttestationError, FormatError, PolicyError
-from cvmstore.kbs.binding import svsm_binding, trustee_digest
+from cvmstore.kbs.binding import svsm_binding, trustee_digest, trustee_report_data
 from cvmstore.kbs.jose import TeePublicKey
 from cvmstore.kbs.policy import KbsPolicy
 from cvmstore.kbs.problems import Problem
@@ -289,7 +289,7 @@ def _match_binding(
     additional: str,
 ) -> str:
     candidates: dict[str, bytes | None] = {
-        "trustee": trustee_digest(nonce, key.jwk, additional).ljust(64, b"\0"),
+        "trustee": trustee_report_data(nonce, key.jwk, additional),
         "svsm": svsm_binding(nonce, key),
     }
     for name in policy.bindings:
