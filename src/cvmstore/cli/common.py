@@ -66,6 +66,7 @@ __all__ = [
     "opened",
     "parse_anchor",
     "read_input",
+    "tls_verify_option",
 ]
 
 ANCHOR_HELP = (
@@ -358,7 +359,7 @@ def guest_config(args: argparse.Namespace) -> GuestConfig:
         _evidence(args),
         kbs_key=kbs_key,
         binding=args.binding,
-        verify=_tls_verify(args.ca),
+        verify=tls_verify_option(args.ca),
         retries=args.retries,
     )
 
@@ -373,7 +374,8 @@ def _kbs_url(args: argparse.Namespace) -> str:
     return url
 
 
-def _tls_verify(ca: str | None) -> bool | str:
+def tls_verify_option(ca: str | None) -> bool | str:
+    """--ca FILE checked (a readable PEM CA bundle), as a client's `verify`; True without."""
     if ca is None:
         return True
     try:

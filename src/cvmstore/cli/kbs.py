@@ -14,7 +14,6 @@ import argparse
 import dataclasses
 import json
 import os
-import ssl
 import sys
 import textwrap
 from collections.abc import Callable, Sequence
@@ -22,7 +21,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cvmstore.cli.common import add_measure_options, measure_igvm, read_input
+from cvmstore.cli.common import (
+    KBS_URL_ENV,
+    add_measure_options,
+    measure_igvm,
+    read_input,
+    tls_verify_option,
+)
 from cvmstore.cli.usage import UsageError
 from cvmstore.errors import FormatError
 
@@ -35,7 +40,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ADMIN_TOKEN_FILE", "DEFAULT_URL", "TOKEN_ENV", "TOKEN_FILE_ENV", "URL_ENV", "register"]
 
-URL_ENV = "CVMSTORE_KBS_URL"
+URL_ENV = KBS_URL_ENV  # the variable the guest commands read too
 TOKEN_FILE_ENV = "CVMSTORE_KBS_TOKEN_FILE"
 TOKEN_ENV = "CVMSTORE_KBS_TOKEN"
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -585,8 +590,6 @@ def _token_create(args: argparse.Namespace) -> int:
     finally:
         repository.close()
     try:
-        # A file replaced in place would keep its old mode: remove it, so it is made 0600.
-        output.unlink(missing_ok=True)
         server.write_secret_file(output, token)
     except OSError as exc:
         raise UsageError(
@@ -612,15 +615,7 @@ def _client(args: argparse.Namespace) -> AdminClient:
         raise UsageError(f"KBS URL {url!r}: {exc}") from None
     if parsed.scheme not in ("http", "https") or not parsed.host:
         raise UsageError(f"KBS URL {url!r}: expected http://HOST:PORT or https://HOST:PORT")
-    verify: bool | str = True
-    if args.ca is not None:
-        try:
-            ssl.create_default_context(cafile=args.ca)
-        except ssl.SSLError:
-            raise UsageError(f"--ca {args.ca}: no PEM CA certificate in it") from None
-        except OSError as exc:
-            raise UsageError(f"cannot read --ca {args.ca}: {exc.strerror}") from None
-        verify = args.ca
+    verify = tls_verify_option(args.ca)
     return AdminClient(url, _admin_token(args.token_file), verify=verify)
 
 

@@ -45,7 +45,7 @@ from cvmstore.kbs.protocol import (
     SESSION_COOKIE,
     SIGNATURE_HEADER,
 )
-from cvmstore.kbs.service import Credentials, KbsService, resource_path
+from cvmstore.kbs.service import Credentials, KbsService, resource_path, volume_document
 
 __all__ = ["SESSION_COOKIE", "create_app"]
 
@@ -262,9 +262,7 @@ def create_app(service: KbsService, *, on_shutdown: Callable[[], None] | None = 
     async def admin_resource_policy(request: Request) -> Response:
         path = admin_path(request)
         if request.method == "DELETE":
-            found = await call(lambda: service.repository.delete_policy(f"resource:{path}"))
-            if not found:
-                raise Problem(404, "NotFound", f"no policy for {path}")
+            await call(lambda: service.delete_resource_policy(path))
             return Response(status_code=204)
         text = await body_bytes(request)
         policy = await call(lambda: service.set_resource_policy(path, text))
@@ -290,8 +288,7 @@ def create_app(service: KbsService, *, on_shutdown: Callable[[], None] | None = 
             if not isinstance(body, dict):
                 raise Problem(400, "InvalidRequest", 'expected {"name", "policy"}')
             record = await call(lambda: service.create_volume(body.get("name"), body.get("policy")))
-            info = await call(lambda: service.volume_info(record.name))
-            return JSONResponse(info, status_code=201)
+            return JSONResponse(volume_document(record, []), status_code=201)  # no audit yet
         return JSONResponse({"volumes": await call(service.repository.list_volumes)})
 
     async def admin_volume(request: Request) -> Response:

@@ -110,7 +110,7 @@ def write_secret_file(path: Path, text: str) -> None:
     A fresh 0600 file is renamed over the target, so an older file's wider mode never
     carries over to the secret.
     """
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.resolve().parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.absolute().parent)
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text + "\n")

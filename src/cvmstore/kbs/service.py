@@ -399,6 +399,11 @@ class KbsService:
             self.repository.put_policy(f"resource:{path}", policy.document(), time.time())
         return policy
 
+    def delete_resource_policy(self, path: str) -> None:
+        """Remove a resource's own policy (404 if it has none)."""
+        if not self.repository.delete_policy(f"resource:{path}"):
+            raise Problem(404, "NotFound", f"no policy for {path}")
+
     def add_reference(self, measurement: object) -> bool:
         """Register a reference launch measurement; False when already registered."""
         if not isinstance(measurement, str) or not _HEX48.fullmatch(measurement):
