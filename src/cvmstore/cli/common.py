@@ -87,7 +87,6 @@ ROOT_HELP = (
     "simulator: the root file `cvmstore guest simulator-root` made (its key signs the chain "
     f"of every report; default: ${SIMULATOR_ROOT_ENV})"
 )
-_VOLUME_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # as the KBS checks it
 _THUMBPRINT = re.compile(r"[A-Za-z0-9_-]{43}")  # RFC 7638: base64url SHA-256, unpadded
 _MEASUREMENT_BYTES = 48  # SHA-384
 
@@ -326,7 +325,9 @@ def guest_config(args: argparse.Namespace) -> GuestConfig:
     from cvmstore.guest import GuestConfig
 
     url = _kbs_url(args)
-    if not _VOLUME_NAME.fullmatch(args.volume):
+    from cvmstore.kbs.protocol import VOLUME_NAME  # as the KBS checks it
+
+    if not VOLUME_NAME.fullmatch(args.volume):
         raise UsageError(
             f"--volume {args.volume[:80]!r}: expected 1-64 of [A-Za-z0-9._-], not starting "
             "with . - _"

@@ -14,6 +14,7 @@ from typing import Any
 
 from cvmstore.kbs.config import PROTOCOL_VERSION
 from cvmstore.kbs.problems import PROBLEM_CONTENT_TYPE, PROBLEM_TYPE_PREFIX
+from cvmstore.kbs.protocol import RESOURCE_PART, VOLUME_NAME
 from cvmstore.kbs.service import TRUSTEE_TEES
 
 __all__ = ["openapi_document"]
@@ -21,8 +22,8 @@ __all__ = ["openapi_document"]
 Json = dict[str, Any]
 
 # Patterns (ECMA-262, anchored) of the values the service checks (cvmstore.kbs.service).
-_PART = "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
-_VOLUME = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+_PART = f"^{RESOURCE_PART.pattern}$"
+_VOLUME = f"^{VOLUME_NAME.pattern}$"
 _B64URL = "^[A-Za-z0-9_-]*$"
 _JWS = "^[A-Za-z0-9_-]+\\.[A-Za-z0-9_-]+\\.[A-Za-z0-9_-]+$"
 _THUMBPRINT = "^[A-Za-z0-9_-]{43}$"

@@ -6,12 +6,16 @@ them from here, so the two sides cannot drift apart. docs/kbs-api.md specifies e
 
 from __future__ import annotations
 
+import re
+
 __all__ = [
     "LEDGER_KEY_MEMBER",
     "LEDGER_MAC_HEADER",
     "LEDGER_PATH",
+    "RESOURCE_PART",
     "SESSION_COOKIE",
     "SIGNATURE_HEADER",
+    "VOLUME_NAME",
     "VOLUME_PREFIX",
     "ledger_mac_input",
     "volume_resource_path",
@@ -27,6 +31,10 @@ LEDGER_MAC_HEADER = "Cvmstore-Ledger-Mac"
 LEDGER_KEY_MEMBER = "cvmstore-ledger-key"
 #: The ledger plugin's path; a volume's entry is LEDGER_PATH/<volume>.
 LEDGER_PATH = "/kbs/v0/cvmstore/ledger"
+#: One part of a resource path (repository, type, tag): no "/", no leading . - _
+RESOURCE_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+#: A volume's name (also the tag of its root secret's path).
+VOLUME_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 #: Where volumes' root secrets live: VOLUME_PREFIX<volume> ("repository/type/tag").
 VOLUME_PREFIX = "cvmstore/volume/"
 

@@ -38,6 +38,8 @@ from cvmstore.kbs.policy import DEFAULT_POLICY, KbsPolicy, parse_kbs_policy
 from cvmstore.kbs.problems import Problem
 from cvmstore.kbs.protocol import (
     LEDGER_PATH,
+    RESOURCE_PART,
+    VOLUME_NAME,
     VOLUME_PREFIX,
     ledger_mac_input,
     volume_resource_path,
@@ -74,8 +76,6 @@ TRUSTEE_TEES = (
 KNOWN_TEES = frozenset(TRUSTEE_TEES)
 ATTESTATION_POLICY = "attestation"
 REFERENCE_KIND = "snp-measurement"
-_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-_VOLUME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _SESSION = re.compile(r"[0-9a-f]{32}")
 _HEX48 = re.compile(r"[0-9a-fA-F]{96}")
 ROOT_SECRET_BYTES = 32
@@ -98,7 +98,7 @@ def resource_path(repository: str, kind: str, tag: str) -> str:
         Problem: 400 for a part with characters outside [A-Za-z0-9._-] (or starting with . - _).
     """
     for name, part in (("repository", repository), ("type", kind), ("tag", tag)):
-        if not _PART.fullmatch(part):
+        if not RESOURCE_PART.fullmatch(part):
             raise Problem(400, "InvalidResourcePath", f"resource {name} {part[:40]!r} is not valid")
     return f"{repository}/{kind}/{tag}"
 
@@ -275,7 +275,7 @@ class KbsService:
         or token alone (which a host without TLS can read) cannot advance a ledger.
         """
         attested = self._attested(credentials)
-        if not _VOLUME.fullmatch(volume):
+        if not VOLUME_NAME.fullmatch(volume):
             raise Problem(400, "InvalidRequest", f"{volume[:40]!r} is not a volume name")
         self._check_ledger_mac(attested, f"{LEDGER_PATH}/{volume}", raw, mac)
         request = _object(body, "advance")
@@ -347,7 +347,7 @@ class KbsService:
         )
 
     def _volume_for(self, attested: Attested, volume: str) -> VolumeRecord:
-        if not _VOLUME.fullmatch(volume):
+        if not VOLUME_NAME.fullmatch(volume):
             raise Problem(400, "InvalidRequest", f"{volume[:40]!r} is not a volume name")
         record = self.repository.get_volume(volume)
         if record is None:
@@ -419,7 +419,7 @@ class KbsService:
 
     def create_volume(self, name: object, policy_text: object) -> VolumeRecord:
         """Make a volume: a random root secret (a resource), its policy, a ledger entry at 0."""
-        if not isinstance(name, str) or not _VOLUME.fullmatch(name):
+        if not isinstance(name, str) or not VOLUME_NAME.fullmatch(name):
             raise Problem(
                 400,
                 "InvalidRequest",
@@ -437,7 +437,7 @@ class KbsService:
 
     def volume_info(self, name: str) -> dict[str, Any]:
         """A volume's ledger entry and audit log (no secret)."""
-        record = self.repository.get_volume(name) if _VOLUME.fullmatch(name) else None
+        record = self.repository.get_volume(name) if VOLUME_NAME.fullmatch(name) else None
         if record is None:
             raise Problem(404, "VolumeNotFound", f"no volume named {name!r}")
         return volume_document(record, self.repository.audit_log(name))
