@@ -11,6 +11,7 @@ import secrets
 from pathlib import Path
 
 from cvmstore.cli.usage import UsageError
+from cvmstore.crypto.keys import key_from_text
 
 __all__ = ["KEY_ENV", "KEY_FILE_ENV", "load_key", "write_new_key", "write_private_file"]
 
@@ -21,14 +22,9 @@ KEY_BYTES = 32
 
 def parse_key(raw: bytes, where: str) -> bytes:
     """32 raw bytes, or 64 hex characters; anything else is refused (without echoing it)."""
-    if len(raw) == KEY_BYTES:
-        return raw
-    text = raw.strip()
-    if len(text) == 2 * KEY_BYTES:
-        try:
-            return bytes.fromhex(text.decode("ascii"))
-        except (UnicodeDecodeError, ValueError):
-            pass
+    key = key_from_text(raw)
+    if key is not None:
+        return key
     raise UsageError(
         f"{where} holds {len(raw)} bytes, not a key: a key is 32 raw bytes or 64 hex "
         f"characters (make one with `cvmstore keygen FILE`)"

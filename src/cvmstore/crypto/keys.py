@@ -45,6 +45,7 @@ __all__ = [
     "UnlockKeys",
     "VolumeKeys",
     "derive_unlock_keys",
+    "key_from_text",
     "new_volume_key",
 ]
 
@@ -78,6 +79,22 @@ class UnlockKeys:
             return aes_key_unwrap(self.kek, wrapped)
         except InvalidUnwrap:
             return None
+
+
+def key_from_text(raw: bytes) -> bytes | None:
+    """A 32-byte key written as 32 raw bytes or as 64 hex digits, else None.
+
+    Whitespace around the hex digits is ignored. Key files and key variables use this form.
+    """
+    if len(raw) == KEY_SIZE:
+        return raw
+    text = raw.strip()
+    if len(text) == 2 * KEY_SIZE:
+        try:
+            return bytes.fromhex(text.decode("ascii"))
+        except (UnicodeDecodeError, ValueError):
+            pass
+    return None
 
 
 def derive_unlock_keys(root_secret: bytes, salt: bytes, volume_id: bytes) -> UnlockKeys:

@@ -15,6 +15,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from cvmstore.crypto.keys import key_from_text
 from cvmstore.errors import FormatError, WrongKeyError
 
 __all__ = ["MASTER_KEY_ENV", "MASTER_KEY_FILE_ENV", "Sealer", "load_master_key"]
@@ -65,15 +66,10 @@ def _aad(name: str) -> bytes:
 
 
 def _parse(raw: bytes, where: str) -> bytes:
-    if len(raw) == 32:
-        return raw
-    text = raw.strip()
-    if len(text) == 64:
-        try:
-            return bytes.fromhex(text.decode("ascii"))
-        except (UnicodeDecodeError, ValueError):
-            pass
-    raise FormatError(f"{where} is not a master key (32 raw bytes or 64 hex digits)")
+    key = key_from_text(raw)
+    if key is None:
+        raise FormatError(f"{where} is not a master key (32 raw bytes or 64 hex digits)")
+    return key
 
 
 def load_master_key(path: Path | None, data_dir: Path, *, create: bool) -> tuple[bytes, str]:
