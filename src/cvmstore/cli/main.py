@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from cvmstore import __version__
-from cvmstore.cli import archive, bench, demo, guest, igvm, image, kbs, snp
+from cvmstore.cli import archive, bench, cocoonfs, demo, guest, igvm, image, kbs, snp
 from cvmstore.cli.usage import UsageError
 from cvmstore.errors import CvmstoreError, all_error_classes
 
@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"cvmstore {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (image, archive, demo, bench, snp, igvm, kbs, guest):
+    for module in (image, archive, demo, bench, snp, igvm, kbs, guest, cocoonfs):
         module.register(commands)
     for command in commands.choices.values():
         command.set_defaults(command_parser=command)
