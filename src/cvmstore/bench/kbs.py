@@ -44,7 +44,6 @@ import json
 import math
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -80,7 +79,7 @@ from cvmstore.kbs.jose import (
 )
 from cvmstore.kbs.protocol import SESSION_COOKIE
 from cvmstore.kbs.sealing import Sealer, load_master_key
-from cvmstore.kbs.server import new_admin_token
+from cvmstore.kbs.server import free_loopback_port, new_admin_token
 from cvmstore.kbs.service import KbsService
 from cvmstore.kbs.storage import open_repository, schema
 from cvmstore.kbs.tokens import SigningKey
@@ -180,7 +179,7 @@ def _provision(work: Path, simulator: Simulator, *, workers: int, volumes: int) 
     data.mkdir(mode=0o700)
     ark = work / "simulator-ark.pem"
     ark.write_bytes(simulator.ark.public_bytes(Encoding.PEM))
-    listen = f"127.0.0.1:{_free_port()}"
+    listen = f"127.0.0.1:{free_loopback_port()}"
     settings: dict[str, object] = {
         "listen": listen,
         "data_dir": str(data),
@@ -547,12 +546,6 @@ def _cpus() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _spki(cert: x509.Certificate) -> bytes:

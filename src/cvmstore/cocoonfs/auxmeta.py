@@ -32,6 +32,7 @@ from cvmstore.cocoonfs.layout import (
     MkfsInfoHeader,
     MutableHeader,
     StaticHeader,
+    align_up,
     checksum,
     decode_extent_ptr,
     remove_extent_integrity,
@@ -102,9 +103,9 @@ def read_mkfsinfo_aux_metadata(volume: bytes) -> AuxFsMetadata | None:
     if header.aux_fs_metadata_len == 0:
         return None
     io_block = header.layout.io_block_size
-    start = -(-(MkfsInfoHeader.FIXED_LEN + header.layout.integrity_section_len + len(header.salt))
-              // io_block) * io_block  # fmt: skip
-    end = start + -(-(CHECKSUM_LEN + header.aux_fs_metadata_len) // io_block) * io_block
+    header_len = MkfsInfoHeader.FIXED_LEN + header.layout.integrity_section_len + len(header.salt)
+    start = align_up(header_len, io_block)
+    end = start + align_up(CHECKSUM_LEN + header.aux_fs_metadata_len, io_block)
     if end > len(volume):
         raise FormatError("CocoonFs mkfs info: aux metadata beyond the volume")
     blob = volume[start:end]

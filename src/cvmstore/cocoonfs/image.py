@@ -54,6 +54,7 @@ from cvmstore.cocoonfs.layout import (
     ImageLayout,
     MutableHeader,
     StaticHeader,
+    align_up,
     decode_block_ptr,
     decode_extent_ptr,
 )
@@ -344,7 +345,7 @@ def _read_chained_extents(
             if not constant_time.bytes_eq(tag, expect):
                 raise IntegrityError("CocoonFs chained extents: inline HMAC mismatch")
             prev_tag = tag
-        pos = -(-pos // CIPHER_BLOCK_LEN) * CIPHER_BLOCK_LEN
+        pos = align_up(pos, CIPHER_BLOCK_LEN)
         ciphertext = raw[pos:]
         if len(ciphertext) < CIPHER_BLOCK_LEN or len(ciphertext) % CIPHER_BLOCK_LEN:
             raise FormatError("CocoonFs chained extents: extent too short")
@@ -390,7 +391,7 @@ def _inode_extents(
 
 def _decrypt_block(layout: ImageLayout, key: bytes, raw: bytes, payload_len: int) -> bytes:
     """Decrypt an encrypted block (section "Encrypted block") to `payload_len` bytes."""
-    ct_len = -(-payload_len // CIPHER_BLOCK_LEN) * CIPHER_BLOCK_LEN
+    ct_len = align_up(payload_len, CIPHER_BLOCK_LEN)
     if _IV_LEN + ct_len > len(raw):
         raise FormatError("CocoonFs encrypted block too short")
     plain = _cbc_decrypt(
@@ -525,7 +526,7 @@ class _Opener:
             layout.io_block_allocation_blocks_log2,
             layout.auth_tree_data_block_allocation_blocks_log2,
         )
-        begin = -(-self.header_end // align) * align
+        begin = align_up(self.header_end, align)
         # Minimum head: magic, integrity section, two aux pointers, IV, inline HMAC, and one
         # cipher block holding the NIL next pointer and its padding.
         head = (
@@ -535,7 +536,7 @@ class _Opener:
             + _IV_LEN
             + layout.preauth_cca_protection_hmac_hash_alg.digest_len
         )
-        head = -(-head // CIPHER_BLOCK_LEN) * CIPHER_BLOCK_LEN + CIPHER_BLOCK_LEN
+        head = align_up(head, CIPHER_BLOCK_LEN) + CIPHER_BLOCK_LEN
         unit = align << layout.allocation_block_size_log2
         return begin, -(-head // unit) * align
 

@@ -57,6 +57,7 @@ __all__ = [
     "MkfsInfoHeader",
     "MutableHeader",
     "StaticHeader",
+    "align_up",
     "checksum",
     "decode_block_ptr",
     "decode_extent_ptr",
@@ -309,7 +310,8 @@ def _next_pow2(n: int) -> int:
     return 1 << (n - 1).bit_length()
 
 
-def _align_up(n: int, align: int) -> int:
+def align_up(n: int, align: int) -> int:
+    """`n` rounded up to a multiple of `align`."""
     return -(-n // align) * align
 
 
@@ -419,7 +421,7 @@ def _header_prefix(
     layout = ImageLayout.decode(layout_raw)
     salt_len = _unmasked_byte(raw, fixed_len - 1, mask_at)
     end = fixed_len + layout.integrity_section_len + salt_len
-    extent_len = _align_up(end, layout.io_block_size)
+    extent_len = align_up(end, layout.io_block_size)
     if len(raw) < extent_len:
         raise FormatError(f"CocoonFs {what}: truncated ({len(raw)} of {extent_len} bytes)")
     restored = remove_extent_integrity(
@@ -458,7 +460,7 @@ class StaticHeader:
     def encoded_len(self) -> int:
         """Length including the padding to the IO Block: where the mutable header starts."""
         raw = self.FIXED_LEN + self.layout.integrity_section_len + len(self.salt)
-        return _align_up(raw, self.layout.io_block_size)
+        return align_up(raw, self.layout.io_block_size)
 
 
 @dataclass(frozen=True, slots=True)
