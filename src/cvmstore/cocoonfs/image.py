@@ -29,20 +29,19 @@ uses 8 MiB).
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
 
-from cryptography.hazmat.decrepit.ciphers.algorithms import Camellia
-from cryptography.hazmat.primitives import constant_time, hashes
-from cryptography.hazmat.primitives.ciphers import BlockCipherAlgorithm, Cipher, algorithms, modes
+from cryptography.hazmat.primitives import constant_time
+from cryptography.hazmat.primitives.ciphers import Cipher, modes
 
 from cvmstore.cocoonfs.keys import (
     InodeKeySubdomain,
     KeyPurpose,
+    cipher_algorithm,
     derive_root_key,
     derive_subkey,
-    hash_algorithm,
     hmac_digest,
 )
 from cvmstore.cocoonfs.layout import (
@@ -58,6 +57,7 @@ from cvmstore.cocoonfs.layout import (
     decode_block_ptr,
     decode_extent_ptr,
 )
+from cvmstore.cocoonfs.tree import AuthSubject, Extent, TreeGeometry
 from cvmstore.errors import FormatError, IntegrityError, PathNotFoundError, WrongKeyError
 
 __all__ = ["CocoonFsImage", "InodeEntry", "SpecialInode"]
@@ -79,22 +79,10 @@ class SpecialInode(IntEnum):
     UPDATE_COUNTER = 6
 
 
-class _AuthSubject(IntEnum):
-    """Authentication subject ids (section "Authentication contexts")."""
-
-    IMAGE_CONTEXT = 1
-    AUTH_TREE_ROOT_NODE = 2
-    AUTH_TREE_DESCENDANT_NODE = 3
-    AUTH_TREE_DATA_BLOCK = 4
-    ENCRYPTION_ENTITY_CHAINED_EXTENTS = 5
-    INODE_INDEX_NODE = 6
-
+_AuthSubject = AuthSubject
 
 #: Identifier of the chained extents' associated data for an inode extents list.
 _AAD_KIND_INODE_EXTENTS_LIST = 2
-
-Extent = tuple[int, int]
-"""(start, length) in Allocation Blocks."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,16 +94,8 @@ class InodeEntry:
     extent_ptr: bytes
 
 
-def _cipher_algorithm(alg: CipherAlg, key: bytes) -> BlockCipherAlgorithm:
-    if alg is CipherAlg.AES:
-        return algorithms.AES(key)
-    if alg is CipherAlg.SM4:
-        return algorithms.SM4(key)
-    return Camellia(key)
-
-
 def _cbc_decrypt(alg: CipherAlg, key: bytes, iv: bytes, ciphertext: bytes) -> bytes:
-    decryptor = Cipher(_cipher_algorithm(alg, key), modes.CBC(iv)).decryptor()
+    decryptor = Cipher(cipher_algorithm(alg, key), modes.CBC(iv)).decryptor()
     return decryptor.update(ciphertext) + decryptor.finalize()
 
 
@@ -215,6 +195,82 @@ def encode_extents_list(extents: list[Extent]) -> bytes:
     return bytes(out + b"\x00\x00")
 
 
+def journal_head_extent(layout: ImageLayout, header_end: int) -> Extent:
+    """The journal log head extent (section "Journal log encryption").
+
+    At the first IO Block and data block aligned boundary after the mutable header; long
+    enough for the minimum chained-extents head: magic, integrity section, two aux pointers,
+    inline HMAC, IV and one cipher block holding the NIL next pointer and its padding.
+    """
+    align = 1 << max(
+        layout.io_block_allocation_blocks_log2,
+        layout.auth_tree_data_block_allocation_blocks_log2,
+    )
+    begin = align_up(header_end, align)
+    head = (
+        len(JOURNAL_MAGIC)
+        + layout.integrity_section_len
+        + 16
+        + _IV_LEN
+        + layout.preauth_cca_protection_hmac_hash_alg.digest_len
+    )
+    head = align_up(head, CIPHER_BLOCK_LEN) + CIPHER_BLOCK_LEN
+    unit = align << layout.allocation_block_size_log2
+    return begin, -(-head // unit) * align
+
+
+def header_end_of(static: StaticHeader) -> int:
+    """The first Allocation Block after the mutable header."""
+    layout = static.layout
+    shift = layout.allocation_block_size_log2
+    return (static.encoded_len >> shift) + -(-MutableHeader.encoded_len(layout) >> shift)
+
+
+def encrypt_counter(layout: ImageLayout, key: bytes, counter: int) -> bytes:
+    """The encrypted update counter (section "Filesystem update counter"): zero IV."""
+    plain = counter.to_bytes(16, "little")
+    plain += bytes(layout.encrypted_update_counter_len - len(plain))
+    encryptor = Cipher(
+        cipher_algorithm(layout.block_cipher_alg, key), modes.CBC(bytes(CIPHER_BLOCK_LEN))
+    ).encryptor()
+    return encryptor.update(plain) + encryptor.finalize()
+
+
+def alloc_map_of(bitmap: bytes | bytearray, image_size: int) -> bytearray:
+    """One byte per Allocation Block of the image, 1 if the bitmap marks it allocated."""
+    out = bytearray(image_size)
+    table = [bytes((b >> i) & 1 for i in range(8)) for b in range(256)]
+    whole = min(len(bitmap), image_size // 8)
+    out[: whole * 8] = b"".join(table[b] for b in bitmap[:whole])
+    for block in range(whole * 8, image_size):
+        if block >> 3 < len(bitmap) and bitmap[block >> 3] >> (block & 7) & 1:
+            out[block] = 1
+    return out
+
+
+def image_context_digest(
+    layout: ImageLayout,
+    root_hmac_key: bytes,
+    entry_leaf_ptr: bytes,
+    image_size: int,
+    tree_extents: list[Extent],
+    bitmap_extents: list[Extent],
+) -> bytes:
+    """The image context digest (section "Authentication tree root node digest")."""
+    return hmac_digest(
+        layout.auth_tree_root_hmac_hash_alg,
+        root_hmac_key,
+        MAGIC,
+        bytes([FORMAT_VERSION]),
+        layout.encode(),
+        entry_leaf_ptr,
+        _U64.pack(image_size),
+        encode_extents_list(tree_extents),
+        encode_extents_list(bitmap_extents),
+        bytes([0, _AuthSubject.IMAGE_CONTEXT]),
+    )
+
+
 class CocoonFsImage:
     """An opened, fully authenticated CocoonFs v1 image (read-only)."""
 
@@ -226,8 +282,11 @@ class CocoonFsImage:
         root_key: bytes,
         entries: dict[int, InodeEntry],
         update_counter: int,
+        opened: _Opener,
     ) -> None:
         self._data = data
+        #: What opening learnt on the way (extents, bitmap, digests): the writer's start.
+        self._opened = opened
         self.static_header = static
         self.mutable_header = mutable
         self._root_key = root_key
@@ -253,6 +312,15 @@ class CocoonFsImage:
             IntegrityError: any other authentication failure.
         """
         return _Opener(data, key).run(cls)
+
+    @property
+    def data(self) -> bytes:
+        """The authenticated image bytes."""
+        return self._data
+
+    def entry(self, inode: int) -> InodeEntry | None:
+        """The index entry of `inode` (any inode, the special ones too), or None."""
+        return self._entries.get(inode)
 
     def list_files(self) -> list[InodeEntry]:
         """The application inodes (numbers 16 and up), in ascending order."""
@@ -299,6 +367,7 @@ def _read_chained_extents(
     first: Extent,
     enc_key: bytes,
     auth: tuple[bytes, bytes] | None,
+    visited: list[Extent] | None = None,
 ) -> bytes:
     """Decrypt an encrypted chained extents entity that has no plaintext header.
 
@@ -322,6 +391,8 @@ def _read_chained_extents(
             raise FormatError("CocoonFs chained extents: the chain loops")
         is_first = not seen
         seen.add(current[0])
+        if visited is not None:
+            visited.append(current)
         raw = _extent_bytes(data, layout, current)
         # The first extent holds [tag] IV; a continuation extent holds [tag] (the inline
         # authenticated variant stores the tag before the IV).
@@ -360,7 +431,12 @@ def _read_chained_extents(
 
 
 def _inode_extents(
-    data: bytes, layout: ImageLayout, root_key: bytes, entry: InodeEntry, inline_auth: bool | None
+    data: bytes,
+    layout: ImageLayout,
+    root_key: bytes,
+    entry: InodeEntry,
+    inline_auth: bool | None,
+    chain: list[Extent] | None = None,
 ) -> list[Extent]:
     """Where an inode's data lives (section "Inode extents lists"); [] for NIL."""
     ptr = decode_extent_ptr(entry.extent_ptr)
@@ -382,7 +458,7 @@ def _inode_extents(
             InodeKeySubdomain.EXTENTS_LIST,
         )
         auth = (hmac_key, _U64.pack(entry.inode) + bytes([0, _AAD_KIND_INODE_EXTENTS_LIST]))
-    payload = _read_chained_extents(data, layout, (start, length), enc_key, auth)
+    payload = _read_chained_extents(data, layout, (start, length), enc_key, auth, chain)
     extents = decode_extents_list(payload)
     if not extents:
         raise FormatError(f"CocoonFs inode {entry.inode}: empty extents list")
@@ -421,9 +497,12 @@ def _leaf_entries(layout: ImageLayout, plain: bytes) -> tuple[int | None, list[I
 class _Opener:
     """The opening sequence; one instance per `CocoonFsImage.open` call."""
 
-    def __init__(self, data: bytes, key: bytes) -> None:
+    def __init__(self, data: bytes, key: bytes, *, journal_applied: bool = False) -> None:
         self.data = data
         self.key_material = key
+        # Set by journal replay, which opens the image as the journal will have made it.
+        self.journal_applied = journal_applied
+        self.index_nodes: list[Extent] = []
 
     def subkey(self, purpose: KeyPurpose, domain: int, subdomain: int) -> bytes:
         return derive_subkey(self.root_key, self.layout, purpose, domain, subdomain)
@@ -440,9 +519,11 @@ class _Opener:
         self.image_size = mutable.image_size_allocation_blocks
         if self.image_size << shift > len(data):
             raise FormatError("CocoonFs image shorter than its recorded size")
-        self.header_end = (mutable_at >> shift) + -(-MutableHeader.encoded_len(layout) >> shift)
+        self.header_end = header_end_of(static)
         journal_head = self._journal_head()
-        if data[journal_head[0] << shift :][: len(JOURNAL_MAGIC)] == JOURNAL_MAGIC:
+        self.journal_head = journal_head
+        pending = data[journal_head[0] << shift :][: len(JOURNAL_MAGIC)] == JOURNAL_MAGIC
+        if pending and not self.journal_applied:
             raise FormatError("CocoonFs image has a pending journal; replay is not implemented")
         self.root_key = derive_root_key(self.key_material, layout, static.salt)
 
@@ -477,32 +558,39 @@ class _Opener:
                 raise FormatError(f"CocoonFs entry leaf lacks special inode {needed.value}")
 
         # Steps 7-8: auth tree and bitmap extents; then the root HMAC.
+        self.special_chains: dict[int, list[Extent]] = {1: [], 2: []}
         tree_extents = _inode_extents(
-            data, layout, self.root_key, special[SpecialInode.AUTH_TREE], True
-        )
+            data, layout, self.root_key, special[SpecialInode.AUTH_TREE], True,
+            self.special_chains[1],
+        )  # fmt: skip
         bitmap_extents = _inode_extents(
-            data, layout, self.root_key, special[SpecialInode.ALLOC_BITMAP], True
-        )
+            data, layout, self.root_key, special[SpecialInode.ALLOC_BITMAP], True,
+            self.special_chains[2],
+        )  # fmt: skip
+        self.tree_extents = tree_extents
+        self.bitmap_extents = bitmap_extents
+        self.mutable = mutable
+        self.static = static
         if not tree_extents or not bitmap_extents:
             raise FormatError("CocoonFs: auth tree or allocation bitmap without extents")
-        tree = _AuthTree(self, tree_extents)
-        image_context = hmac_digest(
-            layout.auth_tree_root_hmac_hash_alg,
+        tree = self.tree = _AuthTree(self, tree_extents)
+        image_context = image_context_digest(
+            layout,
             tree.root_hmac_key,
-            MAGIC,
-            bytes([FORMAT_VERSION]),
-            layout.encode(),
             mutable.entry_leaf_ptr_raw,
-            _U64.pack(self.image_size),
-            encode_extents_list(tree_extents),
-            encode_extents_list(bitmap_extents),
-            bytes([0, _AuthSubject.IMAGE_CONTEXT]),
+            self.image_size,
+            tree_extents,
+            bitmap_extents,
         )
+        if self.journal_applied:
+            self._rebuild_tree(tree, bitmap_extents, mutable)
         tree.verify_root(mutable.root_hmac, mutable.encrypted_update_counter, image_context)
 
         # Step 9-11: bitmap, then every data block and node through the tree.
-        bitmap = self._read_bitmap(bitmap_extents)
-        skipped = [journal_head, *self._aux_extents(mutable)]
+        bitmap = self.bitmap = self._read_bitmap(bitmap_extents)
+        self.alloc_map = alloc_map_of(bitmap, self.image_size)
+        self.aux_extents = self._aux_extents(mutable)
+        skipped = [journal_head, *self.aux_extents]
         tree.verify_all(bitmap, skipped)
 
         # Step 12: the whole inode index, now authenticated.
@@ -517,28 +605,29 @@ class _Opener:
             mutable.encrypted_update_counter,
         )
         counter = int.from_bytes(counter_plain[:16], "little")
-        return cls(data, static, mutable, self.root_key, entries, counter)
+        self.entries = entries
+        self.counter = counter
+        return cls(self.data, static, mutable, self.root_key, entries, counter, self)
 
     def _journal_head(self) -> Extent:
-        """The journal log head extent (section "Journal log encryption")."""
-        layout = self.layout
-        align = 1 << max(
-            layout.io_block_allocation_blocks_log2,
-            layout.auth_tree_data_block_allocation_blocks_log2,
-        )
-        begin = align_up(self.header_end, align)
-        # Minimum head: magic, integrity section, two aux pointers, IV, inline HMAC, and one
-        # cipher block holding the NIL next pointer and its padding.
-        head = (
-            len(JOURNAL_MAGIC)
-            + layout.integrity_section_len
-            + 16
-            + _IV_LEN
-            + layout.preauth_cca_protection_hmac_hash_alg.digest_len
-        )
-        head = align_up(head, CIPHER_BLOCK_LEN) + CIPHER_BLOCK_LEN
-        unit = align << layout.allocation_block_size_log2
-        return begin, -(-head // unit) * align
+        return journal_head_extent(self.layout, self.header_end)
+
+    def _rebuild_tree(
+        self, tree: _AuthTree, bitmap_extents: list[Extent], mutable: MutableHeader
+    ) -> None:
+        """Journal replay: recompute every node from the data the journal left, in memory.
+
+        The root HMAC check that follows decides whether the result is the committed state.
+        """
+        bitmap = self._read_bitmap(bitmap_extents)
+        skipped = [self.journal_head, *self._aux_extents(mutable)]
+        geometry = tree.geometry
+        nodes = geometry.build(data_block_digests(self, geometry, bitmap, skipped))
+        patched = bytearray(self.data)
+        for node, entries in nodes.items():
+            at = geometry.node_byte_offset(node)
+            patched[at : at + len(entries)] = entries
+        self.data = bytes(patched)
 
     def _aux_extents(self, mutable: MutableHeader) -> list[Extent]:
         """All auxiliary metadata extents: the circular list from update group 0's head.
@@ -610,6 +699,7 @@ class _Opener:
             if len(raw) != size:
                 raise FormatError("CocoonFs inode index node beyond the image")
             plain = _decrypt_block(layout, key, raw, size - _IV_LEN)
+            self.index_nodes.append((start, size >> shift))
             if level == 1:
                 leaves.append(start)
                 _, found = _leaf_entries(layout, plain)
@@ -656,171 +746,116 @@ class _AuthTree:
     """The authentication tree (section "Authentication tree") over one opened image."""
 
     def __init__(self, opener: _Opener, extents: list[Extent]) -> None:
-        layout = opener.layout
         self.opener = opener
-        self.layout = layout
-        self.extents = sorted(extents)
-        align = max(
-            layout.io_block_allocation_blocks_log2,
-            layout.auth_tree_data_block_allocation_blocks_log2,
-        )
-        for start, length in extents:
-            if start % (1 << align) or (start + length) % (1 << align):
-                raise FormatError("CocoonFs auth tree extents are not aligned")
-        self.storage = b"".join(_extent_bytes(opener.data, layout, e) for e in extents)
-        self.node_size = layout.auth_tree_node_size
-        node_count = len(self.storage) // self.node_size
-        if node_count == 0:
-            raise FormatError("CocoonFs auth tree holds no node")
-        node_log2 = layout.auth_tree_node_size_log2
-        self.c = node_log2 - (layout.auth_tree_node_hash_alg.digest_len - 1).bit_length()
-        self.d = node_log2 - (layout.auth_tree_data_hmac_hash_alg.digest_len - 1).bit_length()
-        self.a = layout.auth_tree_data_block_allocation_blocks_log2
-        self.levels = self._levels(node_count)
-        tree_blocks = sum(length for _, length in extents)
-        data_blocks = opener.image_size - tree_blocks
-        if data_blocks < 0:
-            raise FormatError("CocoonFs auth tree larger than the image")
-        self.data_block_count = -(-data_blocks >> self.a)
-        if self.data_block_count > 1 << (self.d + self.c * (self.levels - 1)):
-            raise FormatError("CocoonFs auth tree too small for the image")
+        self.layout = opener.layout
+        self.geometry = TreeGeometry(opener.layout, extents, opener.image_size)
+        self.extents = self.geometry.extents
         self.root_hmac_key = opener.subkey(KeyPurpose.AUTH_ROOT, SpecialInode.AUTH_TREE, 0)
+        self.nodes: dict[int, bytes] = {}
+        self.digests: list[bytes] = []
 
-    def _levels(self, node_count: int) -> int:
-        """The tree height deduced from the node count, capped as the spec requires.
-
-        Section "Organization of the authentication tree storage".
-        """
-        c, d, a = self.c, self.d, self.a
-        # Of N nodes in DFS pre-order, about N/2^c are internal; what remains is the leaf
-        # count, and each level above the leaves divides it by 2^c.
-        leaves = node_count - ((node_count - 1) >> c)
-        levels = -(-max(leaves - 1, 0).bit_length() // c) + 1
-        cap = -(-min(64, 64 - d - a + c) // c)
-        return min(levels, cap)
-
-    def _span(self, level: int) -> int:
-        """Data blocks covered by one node at `level` (0 = leaf)."""
-        return 1 << (self.d + self.c * level)
-
-    def _subtree_nodes(self, level: int) -> int:
-        """Nodes in a complete subtree whose root is at `level`."""
-        fan = 1 << self.c
-        return sum(fan**i for i in range(level + 1))
-
-    def _last_entry_begin(self, level: int, begin: int) -> int:
-        if level == 0:
-            return begin + (1 << self.d) - 1
-        return begin + ((1 << self.c) - 1) * self._span(level - 1)
-
-    def _node(self, index: int, level: int) -> bytes:
-        at = index * self.node_size
-        if at + self.node_size > len(self.storage):
-            raise IntegrityError("CocoonFs auth tree node missing from its extents")
-        if level == 0:
-            entries = (1 << self.d) * self.layout.auth_tree_data_hmac_hash_alg.digest_len
-        else:
-            entries = (1 << self.c) * self.layout.auth_tree_node_hash_alg.digest_len
-        return self.storage[at : at + entries]
+    def stored_node(self, node: int, level: int) -> bytes:
+        """Node `node`'s digests as stored in the image."""
+        at = self.geometry.node_byte_offset(node)
+        return self.opener.data[at : at + self.geometry.entries_len(level)]
 
     def verify_root(self, root_hmac: bytes, encrypted_counter: bytes, image_context: bytes) -> None:
         """Check the root HMAC of the mutable header.
 
         Section "Authentication tree root node digest".
         """
-        top = self.levels - 1
-        position = self._last_entry_begin(top, 0) % (1 << 64)
-        expect = hmac_digest(
-            self.layout.auth_tree_root_hmac_hash_alg,
+        geometry = self.geometry
+        expect = root_hmac_digest(
+            self.layout,
             self.root_hmac_key,
-            self._node(0, top),
-            _U64.pack(position),
+            self.stored_node(0, geometry.levels - 1),
+            geometry.root_position(),
             encrypted_counter,
             image_context,
-            bytes([0, _AuthSubject.AUTH_TREE_ROOT_NODE]),
         )
         if not constant_time.bytes_eq(expect, root_hmac):
             raise IntegrityError("CocoonFs: the authentication tree root HMAC does not match")
 
     def verify_all(self, bitmap: bytes, skipped: list[Extent]) -> None:
         """Check every stored node and every data block digest of the image."""
-        digests = self._data_block_digests(bitmap, skipped)
-        self._verify_node(0, self.levels - 1, 0, digests)
+        geometry = self.geometry
+        self.digests = data_block_digests(self.opener, geometry, bitmap, skipped)
+        self.nodes = geometry.build(self.digests)
 
-    def _data_runs(self) -> Iterator[int]:
-        """Physical Allocation Block starts of the data blocks, in index domain order.
-
-        The index domain is the image with the auth tree's extents cut out.
-        """
-        step = 1 << self.a
-        pos = 0
-        for start, length in [*self.extents, (self.opener.image_size, 0)]:
-            while pos < start:
-                yield pos
-                pos += step
-            pos = max(pos, start + length)
-
-    def _data_block_digests(self, bitmap: bytes, skipped: list[Extent]) -> list[bytes]:
-        layout = self.layout
-        opener = self.opener
-        key = opener.subkey(KeyPurpose.AUTH_DATA, SpecialInode.AUTH_TREE, 0)
-        block_shift = layout.allocation_block_size_log2
-        excluded: set[int] = set()
-        for start, length in skipped:
-            excluded.update(range(start, start + length))
-        digests: list[bytes] = []
-        for index, phys in enumerate(self._data_runs()):
-            parts: list[bytes] = []
-            word = 0
-            for j in range(1 << self.a):
-                block = phys + j
-                if block < opener.header_end or block in excluded or block >= opener.image_size:
-                    continue
-                if not bitmap[block >> 3] >> (block & 7) & 1:
-                    continue
-                parts.append(opener.data[block << block_shift : (block + 1) << block_shift])
-                word |= 1 << j
-            digests.append(
-                hmac_digest(
-                    layout.auth_tree_data_hmac_hash_alg,
-                    key,
-                    *parts,
-                    _U64.pack(word),
-                    _U64.pack(index),
-                    bytes([0, _AuthSubject.AUTH_TREE_DATA_BLOCK]),
-                )
-            )
-        if len(digests) != self.data_block_count:
-            raise FormatError("CocoonFs auth tree extents do not tile the image")
-        return digests
-
-    def _verify_node(self, index: int, level: int, begin: int, digests: list[bytes]) -> bytes:
-        node = self._node(index, level)
-        if level == 0:
-            size = self.layout.auth_tree_data_hmac_hash_alg.digest_len
-            for j in range(1 << self.d):
-                stored = node[j * size : (j + 1) * size]
-                i = begin + j
-                expect = digests[i] if i < len(digests) else bytes(size)
-                if not constant_time.bytes_eq(stored, expect):
-                    raise IntegrityError(f"CocoonFs: data block {i} does not authenticate")
-            return node
-        size = self.layout.auth_tree_node_hash_alg.digest_len
-        child_nodes = self._subtree_nodes(level - 1)
-        for j in range(1 << self.c):
-            stored = node[j * size : (j + 1) * size]
-            child_begin = begin + j * self._span(level - 1)
-            if child_begin >= len(digests):
-                expect = bytes(size)
-            else:
-                child = self._verify_node(
-                    index + 1 + j * child_nodes, level - 1, child_begin, digests
-                )
-                h = hashes.Hash(hash_algorithm(self.layout.auth_tree_node_hash_alg))
-                h.update(child)
-                h.update(_U64.pack(self._last_entry_begin(level - 1, child_begin)))
-                h.update(bytes([0, _AuthSubject.AUTH_TREE_DESCENDANT_NODE]))
-                expect = h.finalize()
-            if not constant_time.bytes_eq(stored, expect):
+        def check(node: int, level: int, begin: int) -> None:
+            if not constant_time.bytes_eq(self.stored_node(node, level), self.nodes[node]):
+                if level == 0:
+                    raise IntegrityError(
+                        f"CocoonFs: a data block in {begin}..{begin + (1 << geometry.d) - 1} "
+                        "does not authenticate"
+                    )
                 raise IntegrityError(f"CocoonFs: auth tree node at level {level} does not match")
-        return node
+            if level:
+                for j in range(1 << geometry.c):
+                    child_begin = begin + j * geometry.span(level - 1)
+                    if child_begin < geometry.data_block_count:
+                        child = node + 1 + j * geometry.subtree_nodes(level - 1)
+                        check(child, level - 1, child_begin)
+
+        # Top-down is as strict as bottom-up: every node is compared with its recomputation.
+        check(0, geometry.levels - 1, 0)
+
+
+def root_hmac_digest(
+    layout: ImageLayout,
+    key: bytes,
+    root_entries: bytes,
+    position: int,
+    encrypted_counter: bytes,
+    image_context: bytes,
+) -> bytes:
+    """The root HMAC (section "Authentication tree root node digest")."""
+    return hmac_digest(
+        layout.auth_tree_root_hmac_hash_alg,
+        key,
+        root_entries,
+        _U64.pack(position),
+        encrypted_counter,
+        image_context,
+        bytes([0, _AuthSubject.AUTH_TREE_ROOT_NODE]),
+    )
+
+
+def counted_blocks(
+    opener: _Opener, bitmap: bytes | bytearray, skipped: list[Extent]
+) -> Callable[[int, int], list[bool]]:
+    """Per data block, which of its Allocation Blocks the digest counts.
+
+    Those allocated, inside the image, and not the header, the journal head or aux metadata
+    (authenticated as if free).
+    """
+    excluded: set[int] = set()
+    for start, length in skipped:
+        excluded.update(range(start, start + length))
+    header_end, image_size = opener.header_end, opener.image_size
+
+    def counted(phys: int, count: int) -> list[bool]:
+        return [
+            header_end <= b < image_size
+            and b not in excluded
+            and bool(bitmap[b >> 3] >> (b & 7) & 1)
+            for b in range(phys, phys + count)
+        ]
+
+    return counted
+
+
+def data_block_digests(
+    opener: _Opener, geometry: TreeGeometry, bitmap: bytes | bytearray, skipped: list[Extent]
+) -> list[bytes]:
+    """Every data block digest of the image, in index domain order."""
+    key = opener.subkey(KeyPurpose.AUTH_DATA, SpecialInode.AUTH_TREE, 0)
+    counted = counted_blocks(opener, bitmap, skipped)
+    per_block = 1 << geometry.a
+    digests = [
+        geometry.data_digest(key, opener.data, index, counted(phys, per_block))
+        for index, phys in enumerate(geometry.data_block_starts())
+    ]
+    if len(digests) != geometry.data_block_count:
+        raise FormatError("CocoonFs auth tree extents do not tile the image")
+    return digests

@@ -31,13 +31,16 @@ from __future__ import annotations
 import struct
 from enum import IntEnum
 
+from cryptography.hazmat.decrepit.ciphers.algorithms import Camellia
 from cryptography.hazmat.primitives import hashes, hmac
+from cryptography.hazmat.primitives.ciphers import BlockCipherAlgorithm, algorithms
 
-from cvmstore.cocoonfs.layout import FORMAT_VERSION, MAGIC, HashAlg, ImageLayout
+from cvmstore.cocoonfs.layout import FORMAT_VERSION, MAGIC, CipherAlg, HashAlg, ImageLayout
 
 __all__ = [
     "InodeKeySubdomain",
     "KeyPurpose",
+    "cipher_algorithm",
     "derive_root_key",
     "derive_subkey",
     "hash_algorithm",
@@ -78,6 +81,15 @@ _HASHES: dict[HashAlg, type[hashes.HashAlgorithm]] = {
     HashAlg.SHA3_384: hashes.SHA3_384,
     HashAlg.SHA3_512: hashes.SHA3_512,
 }
+
+
+def cipher_algorithm(alg: CipherAlg, key: bytes) -> BlockCipherAlgorithm:
+    """The `cryptography` block cipher for a TCG cipher id (Camellia from `decrepit`)."""
+    if alg is CipherAlg.AES:
+        return algorithms.AES(key)
+    if alg is CipherAlg.SM4:
+        return algorithms.SM4(key)
+    return Camellia(key)
 
 
 def hash_algorithm(alg: HashAlg) -> hashes.HashAlgorithm:

@@ -51,6 +51,7 @@ __all__ = [
     "FORMAT_VERSION",
     "MAGIC",
     "MKFSINFO_MAGIC",
+    "NIL_PTR",
     "CipherAlg",
     "HashAlg",
     "ImageLayout",
@@ -58,9 +59,12 @@ __all__ = [
     "MutableHeader",
     "StaticHeader",
     "align_up",
+    "apply_extent_integrity",
     "checksum",
     "decode_block_ptr",
     "decode_extent_ptr",
+    "encode_block_ptr",
+    "encode_extent_ptr",
     "remove_extent_integrity",
 ]
 
@@ -129,6 +133,8 @@ if _LAYOUT.size != 21:  # pragma: no cover - import-time guard
 _U64 = struct.Struct("<Q")
 #: NIL extent and block pointers are all-ones (spec of cocoon-tpm-storage 0.1.5).
 _NIL = (1 << 64) - 1
+#: The encoded NIL extent or block pointer.
+NIL_PTR = _U64.pack(_NIL)
 
 
 def _hash(value: int, field: str) -> HashAlg:
@@ -373,6 +379,36 @@ def remove_extent_integrity(
     return bytes(buf)
 
 
+def apply_extent_integrity(
+    original: bytes, head_skip: int, offset: int, io_block_128b_log2: int
+) -> bytes:
+    """Apply the common extent integrity protection: the inverse of `remove_extent_integrity`.
+
+    `original` must hold zeros in the integrity section and no byte that the mask could not
+    make non-zero; the mask is the smallest byte value that leaves the first 128 bytes
+    (after `head_skip`) without a zero.
+    """
+    section = head_skip + offset
+    save = section + CHECKSUM_LEN + 1
+    buf = bytearray(original)
+    digest = checksum(bytes(buf))
+    for i in range(io_block_128b_log2, 0, -1):
+        location = (1 << (i + 7)) - CHECKSUM_LEN
+        slot = save + CHECKSUM_LEN * (i - 1)
+        buf[slot : slot + CHECKSUM_LEN] = buf[location : location + CHECKSUM_LEN]
+    taken = set(digest) | set(buf[head_skip:section]) | set(buf[save:TIER0_LEN])
+    mask = min(set(range(1, 256)) - taken)
+    for i in range(head_skip, TIER0_LEN):
+        buf[i] ^= mask
+    commit_id = bytes(b ^ mask for b in digest)
+    buf[section : section + CHECKSUM_LEN] = commit_id
+    buf[section + CHECKSUM_LEN] = mask
+    for i in range(1, io_block_128b_log2 + 1):
+        location = (1 << (i + 7)) - CHECKSUM_LEN
+        buf[location : location + CHECKSUM_LEN] = commit_id
+    return bytes(buf)
+
+
 def _unmasked_byte(raw: bytes, index: int, mask_at: int) -> int:
     return raw[index] ^ raw[mask_at]
 
@@ -386,6 +422,22 @@ def decode_extent_ptr(raw: bytes) -> tuple[int, int, bool] | None:
     if value == _NIL:
         return None
     return value >> 7, ((value >> 1) & 0x3F) + 1, bool(value & 1)
+
+
+def encode_extent_ptr(start: int, length: int, indirect: bool = False) -> bytes:
+    """Encode an extent of 1..64 Allocation Blocks (section "Encoded extent pointer")."""
+    if not 1 <= length <= 64 or start < 0 or start >= 1 << 57:
+        raise ValueError(f"extent ({start}, {length}) cannot be encoded")
+    return _U64.pack(start << 7 | (length - 1) << 1 | int(indirect))
+
+
+def encode_block_ptr(start: int | None) -> bytes:
+    """Encode a block pointer (section "Encoded block pointer"); None is NIL."""
+    if start is None:
+        return NIL_PTR
+    if not 0 <= start < 1 << 57:
+        raise ValueError(f"block {start} cannot be encoded")
+    return _U64.pack(start << 7)
 
 
 def decode_block_ptr(raw: bytes) -> int | None:
@@ -432,6 +484,15 @@ def _header_prefix(
     return layout, salt_len, restored
 
 
+def _encode_header(fixed: bytes, layout: ImageLayout, salt: bytes, length: int) -> bytes:
+    """Fixed fields, a zeroed integrity section and the salt, protected and padded."""
+    if len(salt) > 255:
+        raise ValueError("a CocoonFs salt holds at most 255 bytes")
+    original = fixed + bytes(layout.integrity_section_len) + salt
+    original += bytes(length - len(original))
+    return apply_extent_integrity(original, 8, len(fixed) - 8, layout.io_block_128b_log2)
+
+
 @dataclass(frozen=True, slots=True)
 class StaticHeader:
     """The static image header (section "Static image header")."""
@@ -461,6 +522,11 @@ class StaticHeader:
         """Length including the padding to the IO Block: where the mutable header starts."""
         raw = self.FIXED_LEN + self.layout.integrity_section_len + len(self.salt)
         return align_up(raw, self.layout.io_block_size)
+
+    def encode(self) -> bytes:
+        """The protected header, padded with zeros to `encoded_len`."""
+        fixed = MAGIC + bytes([FORMAT_VERSION]) + self.layout.encode() + bytes([len(self.salt)])
+        return _encode_header(fixed, self.layout, self.salt, self.encoded_len)
 
 
 @dataclass(frozen=True, slots=True)
@@ -502,6 +568,24 @@ class MkfsInfoHeader:
     def image_size(self) -> int:
         """Desired image size in bytes."""
         return self.image_size_allocation_blocks * self.layout.allocation_block_size
+
+    @property
+    def encoded_len(self) -> int:
+        """Length including the padding to the IO Block (the aux metadata follows)."""
+        raw = self.FIXED_LEN + self.layout.integrity_section_len + len(self.salt)
+        return align_up(raw, self.layout.io_block_size)
+
+    def encode(self) -> bytes:
+        """The protected header, padded with zeros to `encoded_len`."""
+        fixed = (
+            MKFSINFO_MAGIC
+            + bytes([FORMAT_VERSION])
+            + self.layout.encode()
+            + _U64.pack(self.aux_fs_metadata_len)
+            + _U64.pack(self.image_size_allocation_blocks)
+            + bytes([len(self.salt)])
+        )
+        return _encode_header(fixed, self.layout, self.salt, self.encoded_len)
 
 
 @dataclass(frozen=True, slots=True)
@@ -562,3 +646,15 @@ class MutableHeader:
         if size >= 1 << (64 - layout.allocation_block_size_log2):
             raise FormatError("CocoonFs mutable header: image size out of range")
         return cls(heads, root_hmac, counter, preauth, ptr_raw, entry, size)
+
+    def encode(self) -> bytes:
+        """The fields back to back, without padding."""
+        return (
+            self.aux_fs_metadata_heads[0]
+            + self.aux_fs_metadata_heads[1]
+            + self.root_hmac
+            + self.encrypted_update_counter
+            + self.entry_leaf_preauth_hmac
+            + self.entry_leaf_ptr_raw
+            + _U64.pack(self.image_size_allocation_blocks)
+        )

@@ -1,0 +1,342 @@
+"""A writable CocoonFs image on a block device, each change one crash-safe transaction.
+
+Open (replaying a pending journal), read, write and remove files.
+
+Write order of a transaction (section "Journal"; docs/cocoonfs.md, "Writing"):
+
+1. New data, extents lists and index nodes into blocks the current state leaves free; the
+   staging copies of every in-place IO Block (mutable header, bitmap blocks); the journal
+   log's tail extents. Barrier.
+2. The journal log head (`CCFSJRNL`), torn-write protected; a head longer than one device
+   block is written tail first, barrier, then its first device block. Barrier. From here on
+   the transaction is committed: replay finishes it.
+3. The staged IO Blocks at their targets and the rewritten authentication tree nodes. Barrier.
+4. Zeros over the head's first IO Block, which ends the journal. Barrier.
+
+A crash before step 2 completes leaves the old state, which never referenced anything
+written in step 1; a crash after it leaves a journal that `open` replays.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+
+from cvmstore._types import BlockIndex
+from cvmstore.block.protocol import BlockDevice
+from cvmstore.cocoonfs.image import (
+    CocoonFsImage,
+    InodeEntry,
+    _Opener,
+    header_end_of,
+    journal_head_extent,
+)
+from cvmstore.cocoonfs.journal import (
+    JournalLog,
+    decode_journal,
+    encode_journal,
+    encode_payload,
+    tail_count,
+    undisguise,
+)
+from cvmstore.cocoonfs.keys import KeyPurpose, derive_root_key, derive_subkey
+from cvmstore.cocoonfs.layout import MutableHeader, StaticHeader
+from cvmstore.cocoonfs.mkfs import MkfsOptions, mkfs_image
+from cvmstore.cocoonfs.tree import Extent, TreeGeometry
+from cvmstore.cocoonfs.writer import Plan, plan
+from cvmstore.errors import DeviceFullError, FormatError, IntegrityError
+
+__all__ = ["CocoonFsVolume"]
+
+
+class _Disk:
+    """The device seen as bytes: writes go to a view and, in whole device blocks, below."""
+
+    def __init__(self, device: BlockDevice, view: bytearray) -> None:
+        self.device = device
+        self.view = view
+        self.dirty: set[int] = set()
+
+    def write(self, offset: int, payload: bytes | bytearray) -> None:
+        self.view[offset : offset + len(payload)] = payload
+        bs = self.device.block_size
+        self.dirty.update(range(offset // bs, -(-(offset + len(payload)) // bs)))
+
+    def barrier(self) -> None:
+        """Write every dirty device block, in runs, then flush."""
+        bs = self.device.block_size
+        runs: list[list[int]] = []
+        for block in sorted(self.dirty):
+            if runs and runs[-1][1] == block:
+                runs[-1][1] = block + 1
+            else:
+                runs.append([block, block + 1])
+        for first, end in runs:
+            self.device.write(BlockIndex(first), bytes(self.view[first * bs : end * bs]))
+        self.dirty.clear()
+        self.device.flush()
+
+
+class CocoonFsVolume:
+    """A CocoonFs image on a `BlockDevice`, authenticated and writable."""
+
+    def __init__(self, device: BlockDevice, image: CocoonFsImage, view: bytearray) -> None:
+        self.device = device
+        self.image = image
+        self._disk = _Disk(device, view)
+
+    @classmethod
+    def open(cls, device: BlockDevice, key: bytes) -> CocoonFsVolume:
+        """Open and authenticate the image on `device`, replaying a pending journal first.
+
+        Raises:
+            NotAnImageError, UnsupportedVersionError, FormatError, WrongKeyError,
+            IntegrityError: as `CocoonFsImage.open`; nothing is written unless the journal
+                replays to a state that authenticates.
+        """
+        view = bytearray(device.read(BlockIndex(0), device.block_count))
+        replayed = _replay(bytes(view), key)
+        if replayed is None:
+            return cls(device, CocoonFsImage.open(bytes(view), key), view)
+        image, head = replayed
+        volume = cls(device, image, view)
+        disk = volume._disk
+        _write_changed(disk, image.data)
+        disk.barrier()
+        volume._end_journal(head)
+        volume._sync_image()
+        return volume
+
+    @classmethod
+    def mkfs(cls, device: BlockDevice, key: bytes, options: MkfsOptions) -> CocoonFsVolume:
+        """Format the whole of `device` and open the result (which authenticates it)."""
+        mkfs_image(device, key, options)
+        return cls.open(device, key)
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def list_files(self) -> list[InodeEntry]:
+        """The application inodes, ascending."""
+        return self.image.list_files()
+
+    def read_file(self, inode: int) -> bytes:
+        """The whole content of `inode` (`PathNotFoundError` if it does not exist)."""
+        return self.image.read_file(inode)
+
+    @property
+    def update_counter(self) -> int:
+        """The 128-bit update counter: +1 per transaction."""
+        return self.image.update_counter
+
+    @property
+    def root_hmac(self) -> bytes:
+        """The authentication tree root HMAC: binds all content, layout and the counter."""
+        return self.image.mutable_header.root_hmac
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def write_file(self, inode: int, data: bytes, flags: int = 0) -> None:
+        """Create or replace `inode` with `data` (one transaction)."""
+        self.commit({inode: (data, flags)})
+
+    def remove_file(self, inode: int) -> None:
+        """Remove `inode` (one transaction); a missing inode changes nothing.
+
+        Raises:
+            PathNotFoundError: no such inode.
+        """
+        if self.image.entry(inode) is None:
+            from cvmstore.errors import PathNotFoundError
+
+            raise PathNotFoundError(f"CocoonFs inode {inode} does not exist")
+        self.commit({inode: None})
+
+    def commit(self, changes: Mapping[int, tuple[bytes, int] | None]) -> None:
+        """Apply several writes (inode -> (data, flags)) and removals (None) atomically."""
+        p = plan(self.image, changes)
+        self._write_plan(p)
+
+    def _write_plan(self, p: Plan) -> None:
+        image = self.image
+        opened = image._opened
+        layout = opened.layout
+        io = layout.io_block_size
+        io_ab = 1 << layout.io_block_allocation_blocks_log2
+        disk = self._disk
+        new = p.new
+
+        staging = _take(p.spare, len(p.staged))
+        writes = _merge_writes(list(zip(p.staged, staging, strict=True)))
+        log = JournalLog(
+            opened.tree_extents,
+            opened.bitmap_extents,
+            p.bitmap_digests,
+            writes,
+            _runs(p.changed_data_blocks),
+            opened.mutable.aux_fs_metadata_heads,
+        )
+        payload = encode_payload(log, opened.root_key, layout)
+        head = opened.journal_head
+        tails = [(k * io_ab, io_ab) for k in _take(p.spare, tail_count(layout, head, len(payload)))]
+        head_raw, tail_raws = encode_journal(
+            payload, log.aux_heads, opened.root_key, layout, head, tails
+        )
+
+        # 1: everything the current state does not reference.
+        for k in p.direct:
+            disk.write(k * io, new[k * io : (k + 1) * io])
+        for target, copy in zip(p.staged, staging, strict=True):
+            disk.write(copy * io, new[target * io : (target + 1) * io])
+        shift = layout.allocation_block_size_log2
+        for (start, _), raw in zip(tails, tail_raws, strict=True):
+            disk.write(start << shift, raw)
+        disk.barrier()
+        # 2: the journal head commits the transaction.
+        head_at = head[0] << shift
+        first = self.device.block_size
+        if len(head_raw) > first:
+            disk.write(head_at + first, head_raw[first:])
+            disk.barrier()
+            disk.write(head_at, head_raw[:first])
+        else:
+            disk.write(head_at, head_raw)
+        disk.barrier()
+        # 3: apply.
+        for k in [*p.staged, *p.tree]:
+            disk.write(k * io, new[k * io : (k + 1) * io])
+        disk.barrier()
+        self.image = p.image
+        self._end_journal(head)
+        self._sync_image()
+
+    def _end_journal(self, head: Extent) -> None:
+        """Zero the head's first IO Block: the journal is done (fail-safe protocol step 1)."""
+        layout = self.image.layout
+        at = head[0] << layout.allocation_block_size_log2
+        self._disk.write(
+            at, bytes(min(layout.io_block_size, head[1] * layout.allocation_block_size))
+        )
+        self._disk.barrier()
+
+    def _sync_image(self) -> None:
+        """Let the in-memory state hold exactly what the device holds (free space included)."""
+        data = bytes(self._disk.view)
+        self.image._data = data
+        self.image._opened.data = data
+
+
+def _take(spare: Iterator[int], count: int) -> list[int]:
+    out: list[int] = []
+    for _ in range(count):
+        block = next(spare, None)
+        if block is None:
+            raise DeviceFullError("CocoonFs image full: no room for the journal")
+        out.append(block)
+    return out
+
+
+def _merge_writes(pairs: list[tuple[int, int]]) -> list[tuple[int, int, int]]:
+    """(target, staging) IO Block pairs as (target, staging, count) runs, by target."""
+    out: list[tuple[int, int, int]] = []
+    for target, staging in sorted(pairs):
+        if out and out[-1][0] + out[-1][2] == target and out[-1][1] + out[-1][2] == staging:
+            out[-1] = (out[-1][0], out[-1][1], out[-1][2] + 1)
+        else:
+            out.append((target, staging, 1))
+    return out
+
+
+def _runs(indices: list[int]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for i in indices:
+        if out and out[-1][0] + out[-1][1] == i:
+            out[-1] = (out[-1][0], out[-1][1] + 1)
+        else:
+            out.append((i, 1))
+    return out
+
+
+def _write_changed(disk: _Disk, data: bytes) -> None:
+    """Write every device block whose bytes differ from `data`."""
+    bs = disk.device.block_size
+    view = disk.view
+    for block in range(len(data) // bs):
+        part = data[block * bs : (block + 1) * bs]
+        if view[block * bs : (block + 1) * bs] != part:
+            disk.write(block * bs, part)
+
+
+def _replay(data: bytes, key: bytes) -> tuple[CocoonFsImage, Extent] | None:
+    """The state a pending journal commits, authenticated, or None if none is pending.
+
+    Nothing is written here: the caller persists the result only when this returns.
+
+    Raises:
+        WrongKeyError: the journal head does not authenticate under `key`.
+        IntegrityError: the replayed image does not authenticate.
+        FormatError: a malformed journal.
+    """
+    static = StaticHeader.decode(data)
+    layout = static.layout
+    head = journal_head_extent(layout, header_end_of(static))
+    shift = layout.allocation_block_size_log2
+    if data[head[0] << shift :][:8] != b"CCFSJRNL":
+        return None
+    root_key = derive_root_key(key, layout, static.salt)
+    log = decode_journal(data, layout, root_key, head)
+    if log is None:
+        return None
+    io = layout.io_block_size
+    io_ab = 1 << layout.io_block_allocation_blocks_log2
+    ab = layout.allocation_block_size
+    view = bytearray(data)
+    last_end = 0
+    for target, staging, count in log.writes:
+        if (
+            target < last_end
+            or (target + count) * io > len(data)
+            or (staging + count) * io > len(data)
+        ):
+            raise FormatError("CocoonFs journal: write script out of order or beyond the image")
+        last_end = target + count
+        if target == staging:
+            continue
+        block = bytes(data[staging * io : (staging + count) * io])
+        if log.disguise is not None:
+            block = b"".join(
+                undisguise(
+                    layout,
+                    log.disguise,
+                    block[i * ab : (i + 1) * ab],
+                    target * io_ab + i,
+                    staging * io_ab + i,
+                )
+                for i in range(count * io_ab)
+            )
+        view[target * io : (target + count) * io] = block
+    _check_bitmap_digests(bytes(view), root_key, log, static)
+    try:
+        opener = _Opener(bytes(view), key, journal_applied=True)
+        image = opener.run(CocoonFsImage)
+    except IntegrityError as exc:
+        raise IntegrityError(f"CocoonFs journal replay does not authenticate: {exc}") from exc
+    return image, head
+
+
+def _check_bitmap_digests(
+    data: bytes, root_key: bytes, log: JournalLog, static: StaticHeader
+) -> None:
+    """The bitmap blocks replay reads must be the ones the journal vouches for."""
+    lay = static.layout
+    mutable_at = static.encoded_len
+    mutable = MutableHeader.decode(
+        data[mutable_at : mutable_at + MutableHeader.encoded_len(lay)], lay
+    )
+    geometry = TreeGeometry(lay, log.tree_extents, mutable.image_size_allocation_blocks)
+    key = derive_subkey(root_key, lay, KeyPurpose.AUTH_DATA, 1, 0)
+    per = 1 << geometry.a
+    for atdb, digest in log.bitmap_digests:
+        index = geometry.data_index(atdb << geometry.a)
+        if index is None:
+            raise FormatError("CocoonFs journal: a bitmap digest inside the auth tree")
+        if geometry.data_digest(key, data, index, [True] * per) != digest:
+            raise IntegrityError("CocoonFs journal: a bitmap block does not match its digest")
