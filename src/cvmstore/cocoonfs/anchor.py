@@ -15,11 +15,11 @@ those in [x + 1, x + 2^127 - 1] come after it (`counter_delta`).
 How an image's state is kept in an `AnchorState` (the KBS ledger takes a generation in
 [0, 2^63) and a digest of 16 to 64 bytes, and generations may only go up):
 
-| digest bytes | field                                                                    |
-|--------------|--------------------------------------------------------------------------|
-| 0..16        | base counter, BE128: the image's counter when the volume was first anchored |
-| 16..32       | anchored counter, BE128: always base + generation (mod 2^128)            |
-| 32..         | root HMAC, cut to 32 bytes when longer (SHA-384/512)                       |
+| digest bytes | field                                                                |
+|--------------|----------------------------------------------------------------------|
+| 0..16        | base counter, BE128: the image's counter when first anchored         |
+| 16..32       | anchored counter, BE128: always base + generation (mod 2^128)        |
+| 32..         | root HMAC, cut to 32 bytes when longer (SHA-384/512)                 |
 
 generation = (anchored counter - base counter) mod 2^128, so the generation goes up by one
 per update of the image. The volume id is SHA-256 over a label and the image's salt (its

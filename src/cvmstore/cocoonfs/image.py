@@ -56,6 +56,7 @@ from cvmstore.cocoonfs.layout import (
     align_up,
     decode_block_ptr,
     decode_extent_ptr,
+    remove_extent_integrity,
 )
 from cvmstore.cocoonfs.tree import AuthSubject, Extent, TreeGeometry
 from cvmstore.errors import FormatError, IntegrityError, PathNotFoundError, WrongKeyError
@@ -219,6 +220,16 @@ def journal_head_extent(layout: ImageLayout, header_end: int) -> Extent:
     return begin, -(-head // unit) * align
 
 
+def journal_pending(data: bytes, layout: ImageLayout, head: Extent) -> bool:
+    """Whether the journal head holds a whole `CCFSJRNL` head (a torn one does not count)."""
+    shift = layout.allocation_block_size_log2
+    raw = data[head[0] << shift : (head[0] + head[1]) << shift]
+    if raw[: len(JOURNAL_MAGIC)] != JOURNAL_MAGIC or len(raw) != head[1] << shift:
+        return False
+    restored = remove_extent_integrity(raw, len(JOURNAL_MAGIC), 0, layout.io_block_128b_log2)
+    return restored is not None
+
+
 def header_end_of(static: StaticHeader) -> int:
     """The first Allocation Block after the mutable header."""
     layout = static.layout
@@ -304,13 +315,22 @@ class CocoonFsImage:
     def open(cls, data: bytes, key: bytes) -> CocoonFsImage:
         """Authenticate the image `data` under the raw key material `key` and index it.
 
+        A pending journal is replayed in memory (the bytes given are not changed): the result
+        is the committed state. `CocoonFsVolume.open` also writes the replay back.
+
         Raises:
             NotAnImageError: no CocoonFs magic.
             UnsupportedVersionError: a format version other than 1.
-            FormatError: malformed headers or metadata, or a pending journal.
-            WrongKeyError: the inode index entry leaf does not authenticate under `key`.
+            FormatError: malformed headers, metadata or journal.
+            WrongKeyError: the inode index entry leaf (or a pending journal's head) does not
+                authenticate under `key`.
             IntegrityError: any other authentication failure.
         """
+        from cvmstore.cocoonfs.volume import replay  # noqa: PLC0415 (volume builds on this)
+
+        replayed = replay(data, key)
+        if replayed is not None:
+            return replayed[0]  # type: ignore[return-value]
         return _Opener(data, key).run(cls)
 
     @property
@@ -522,9 +542,8 @@ class _Opener:
         self.header_end = header_end_of(static)
         journal_head = self._journal_head()
         self.journal_head = journal_head
-        pending = data[journal_head[0] << shift :][: len(JOURNAL_MAGIC)] == JOURNAL_MAGIC
-        if pending and not self.journal_applied:
-            raise FormatError("CocoonFs image has a pending journal; replay is not implemented")
+        if journal_pending(data, layout, journal_head) and not self.journal_applied:
+            raise FormatError("CocoonFs image has a pending journal: replay it first")
         self.root_key = derive_root_key(self.key_material, layout, static.salt)
 
         # Step 6: the entry leaf, authenticated by its pre-authentication HMAC.

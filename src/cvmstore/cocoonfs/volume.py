@@ -29,6 +29,7 @@ from cvmstore.cocoonfs.image import (
     _Opener,
     header_end_of,
     journal_head_extent,
+    journal_pending,
 )
 from cvmstore.cocoonfs.journal import (
     JournalLog,
@@ -94,9 +95,9 @@ class CocoonFsVolume:
                 replays to a state that authenticates.
         """
         view = bytearray(device.read(BlockIndex(0), device.block_count))
-        replayed = _replay(bytes(view), key)
+        replayed = replay(bytes(view), key)
         if replayed is None:
-            return cls(device, CocoonFsImage.open(bytes(view), key), view)
+            return cls(device, _Opener(bytes(view), key).run(CocoonFsImage), view)
         image, head = replayed
         volume = cls(device, image, view)
         disk = volume._disk
@@ -265,7 +266,7 @@ def _write_changed(disk: _Disk, data: bytes) -> None:
             disk.write(block * bs, part)
 
 
-def _replay(data: bytes, key: bytes) -> tuple[CocoonFsImage, Extent] | None:
+def replay(data: bytes, key: bytes) -> tuple[CocoonFsImage, Extent] | None:
     """The state a pending journal commits, authenticated, or None if none is pending.
 
     Nothing is written here: the caller persists the result only when this returns.
@@ -278,8 +279,7 @@ def _replay(data: bytes, key: bytes) -> tuple[CocoonFsImage, Extent] | None:
     static = StaticHeader.decode(data)
     layout = static.layout
     head = journal_head_extent(layout, header_end_of(static))
-    shift = layout.allocation_block_size_log2
-    if data[head[0] << shift :][:8] != b"CCFSJRNL":
+    if not journal_pending(data, layout, head):
         return None
     root_key = derive_root_key(key, layout, static.salt)
     log = decode_journal(data, layout, root_key, head)
