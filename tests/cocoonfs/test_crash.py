@@ -96,7 +96,9 @@ def test_every_crash_point_recovers_to_old_or_new_in_both_tools(
                 assert _tool_files(cocoonfs_tool, copy) == ours, state.describe()
     # Figures for the report: every state ended old or new, and replay did happen.
     print(f"{states} crash states: {outcomes_old} old, {outcomes_new} new, {replayed} replayed")
-    assert outcomes_old and outcomes_new and replayed
+    assert outcomes_old
+    assert outcomes_new
+    assert replayed
 
 
 def _pending_journal_image(tool: Tool, tmp_path: Path) -> tuple[bytes, Files, Files]:
@@ -136,7 +138,8 @@ def test_pending_journal_replays_in_both_and_twice_is_harmless(
     assert ours == new
     # Replaying an already replayed image changes nothing more.
     again, after_again = _ours(after)
-    assert again == new and after_again == after
+    assert again == new
+    assert after_again == after
     copy = tmp_path / "pending.img"
     copy.write_bytes(image)
     assert _tool_files(cocoonfs_tool, copy) == new

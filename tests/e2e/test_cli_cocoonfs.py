@@ -241,8 +241,12 @@ def test_usage_errors_exit_2(made: Made, tmp_path: Path) -> None:
     )
     usage_fails(cvmstore("cocoonfs", "-i", tmp_path / "absent", "fsck", "-K", "00"), "absent")
     usage_fails(cvmstore("cocoonfs", "list-files", "-K", "00"), "-i")
-    usage_fails(cvmstore("cocoonfs", "-i", made.image, "mkfs"), "mkfs")
-    usage_fails(cvmstore("cocoonfs", "-i", made.image, "write-file"), "write-file")
+    usage_fails(cvmstore("cocoonfs", "-i", made.image, "mkfs", "-K", "00"), "--hash-family")
+    usage_fails(cvmstore("cocoonfs", "-i", made.image, "write-file", "-K", "00"), "INODE")
+    usage_fails(
+        cvmstore("cocoonfs", "-i", made.image, "write-file", "-K", KEY.hex(), "16", "256"),
+        "INODE-FLAGS",
+    )
     usage_fails(
         cvmstore("cocoonfs", "-i", made.image, "aux-fs-metadata", "read-entry", "nope"), "UUID"
     )
@@ -250,11 +254,16 @@ def test_usage_errors_exit_2(made: Made, tmp_path: Path) -> None:
 
 def test_help_texts() -> None:
     text = ok(cvmstore("cocoonfs", "--help")).stdout.decode()
-    for action in ("list-files", "read-file", "aux-fs-metadata", "info", "fsck"):
+    for action in (
+        "mkfs", "write-mkfs-info-header", "write-file", "remove-file",
+        "list-files", "read-file", "aux-fs-metadata", "info", "fsck",
+    ):  # fmt: skip
         assert action in text
-    assert "not implemented here" in text
-    assert "mkfs" in text  # named among the commands not yet implemented
+    assert "aux-fs-metadata edit" in text  # named as not implemented
     assert "exit status" in text
+    mkfs = ok(cvmstore("cocoonfs", "mkfs", "--help")).stdout.decode()
+    for flag in ("-H", "-C", "-t BITS", "-I HEX", "-s SIZE", "--io-block-size", "-n"):
+        assert flag in mkfs
     read = ok(cvmstore("cocoonfs", "read-file", "--help")).stdout.decode()
     for flag in ("-k FILE", "-K HEX", "-o FILE", "-n", "INODE-NUMBER"):
         assert flag in read
@@ -262,3 +271,65 @@ def test_help_texts() -> None:
     assert "UUID" in aux
     assert "INDEX" in aux
     assert "cocoonfs" in ok(cvmstore("--help")).stdout.decode()
+
+
+@pytest.fixture
+def cocoonfs_tool(tmp_path: Path) -> Tool:
+    require_or_skip(TOOL is not None and TOOL.is_file(), "the cocoonfs tool (cocoonfs-cli 0.1.3)")
+    assert TOOL is not None
+    return Tool(TOOL, tmp_path)
+
+
+def test_write_commands_round_trip_with_the_rust_tool(cocoonfs_tool: Tool, tmp_path: Path) -> None:
+    """mkfs, write-file and remove-file from cvmstore; the Rust tool reads and writes on."""
+    image = tmp_path / "state.img"
+    key_file = tmp_path / "key.bin"
+    key_file.write_bytes(KEY)
+    ok(cvmstore(
+        "cocoonfs", "-i", image, "-f", "mkfs", "-k", key_file, "-H", "sha3", "-C", "aes",
+        "-t", "192", "-I", "c0c0", "-s", "1M",
+    ))  # fmt: skip
+    nvchip = os.urandom(20_000)
+    source = tmp_path / "NVChip"
+    source.write_bytes(nvchip)
+    ok(cvmstore("cocoonfs", "-i", image, "write-file", "-k", key_file, "-i", source, "4294967296"))
+    ok(cvmstore(
+        "cocoonfs", "-i", image, "write-file", "-K", KEY.hex(), "4294967297", "1",
+        stdin=b"manufactured",
+    ))  # fmt: skip
+    assert cocoonfs_tool.list_files(image) == [(4294967296, 0), (4294967297, 1)]
+    assert cocoonfs_tool.read_file(image, 4294967296) == nvchip
+    cocoonfs_tool.write_file(image, 99, b"from the tool", 2)
+    ok(cvmstore("cocoonfs", "-i", image, "remove-file", "-K", KEY.hex(), "4294967297"))
+    listing = ok(cvmstore("cocoonfs", "-i", image, "list-files", "-K", KEY.hex())).stdout
+    assert listing == cocoonfs_tool.run(image, "list-files", "-K", KEY.hex())
+    assert listing.decode().split() == ["99", "0x02", "4294967296", "0x00"]
+    gone = cvmstore("cocoonfs", "-i", image, "remove-file", "-K", KEY.hex(), "4294967297")
+    assert gone.returncode == 21
+    before = image.read_bytes()
+    wrong = cvmstore("cocoonfs", "-i", image, "write-file", "-K", "00" * 16, "-i", source, "50")
+    assert wrong.returncode == 6
+    assert image.read_bytes() == before
+
+
+def test_mkfs_info_header_then_first_keyed_write_formats(
+    cocoonfs_tool: Tool, tmp_path: Path
+) -> None:
+    """Online mkfs both ways: our CCFSMKFS header formatted by the tool's first keyed write,
+    and the tool's header formatted by ours."""
+    ours = tmp_path / "ours.img"
+    ok(cvmstore(
+        "cocoonfs", "-i", ours, "write-mkfs-info-header", "-H", "sha2", "-C", "aes", "-t",
+        "128", "-I", "abcd", "-s", "1M",
+    ))  # fmt: skip
+    cocoonfs_tool.write_file(ours, 4294967296, b"first boot")
+    assert cocoonfs_tool.read_file(ours, 4294967296) == b"first boot"
+    theirs = tmp_path / "theirs.img"
+    cocoonfs_tool.run(
+        theirs, "write-mkfs-info-header", "-H", "sm3", "-C", "sm4", "-t", "128", "-I", "ab",
+        "-s", "1M", "--aux-fs-metadata-extra-reserve-capacity", "disabled",
+    )  # fmt: skip
+    source = tmp_path / "in"
+    source.write_bytes(b"first boot, ours")
+    ok(cvmstore("cocoonfs", "-i", theirs, "write-file", "-K", KEY.hex(), "-i", source, "16"))
+    assert cocoonfs_tool.read_file(theirs, 16) == b"first boot, ours"

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from cvmstore.cli.cocoonfs_write import register_write
 from cvmstore.cli.usage import UsageError
 from cvmstore.cocoonfs.auxmeta import (
     AuxFsMetadata,
@@ -39,13 +40,19 @@ cannot tell them apart); 7 IntegrityError (the image was changed); 21 PathNotFou
 such inode or aux metadata entry)."""
 
 _GROUP_EPILOG = f"""\
-not yet: the tool's write commands (mkfs, write-mkfs-info-header, write-file, remove-file,
-aux-fs-metadata edit) are not implemented here; use the Rust `cocoonfs` for them.
+not yet: `aux-fs-metadata edit` (use the Rust `cocoonfs`); cvmstore's mkfs makes no
+auxiliary metadata area.
 
--f and -n are accepted, so scripts move over unchanged, and do nothing: this reader works on
-the image's bytes (no device block size to check) and never writes.
+-f is accepted, so scripts move over unchanged, and does nothing (the image file is used in
+512-byte device blocks); -n keeps mkfs from filling free space with random bytes.
+
+Every write is one transaction through the format's journal: a crash at any point leaves the
+old or the new state, and the next open (by cvmstore or the Rust tool) replays a committed one.
 
 examples:
+  cvmstore cocoonfs -i state.img mkfs -k key.bin -H sha2 -C aes -t 128 -I c0c0 -s 8M
+  cvmstore cocoonfs -i state.img write-file -k key.bin -i NVChip 4294967296
+  cvmstore cocoonfs -i state.img remove-file -k key.bin 4294967297
   cvmstore cocoonfs -i state.img list-files -K 00112233445566778899aabbccddeeff
   cvmstore cocoonfs -i state.img -f read-file -k key.bin 4294967296 -o NVChip
   cvmstore cocoonfs -i state.img info -k key.bin --json
@@ -103,7 +110,7 @@ def _add_key_options(parser: argparse.ArgumentParser) -> None:
         "-n",
         "--no-randomize-unallocated",
         action="store_true",
-        help="accepted for compatibility with the Rust tool; no effect (nothing is written)",
+        help="mkfs: leave free space as zeros instead of random bytes (no effect elsewhere)",
     )
 
 
@@ -130,12 +137,13 @@ def register(commands: Any) -> None:  # noqa: ANN401 (argparse's subparsers type
     """Add `cocoonfs` and its read-only actions to the command line."""
     group = commands.add_parser(
         "cocoonfs",
-        help="read CocoonFs images (COCONUT-SVSM's state) like the Rust `cocoonfs` tool",
+        help="make, read and write CocoonFs images (COCONUT-SVSM's state) like `cocoonfs`",
         description=textwrap.fill(
-            "Read CocoonFs v1 images, the encrypted and authenticated filesystem COCONUT-SVSM "
-            "keeps its persistent state in (inode (1 << 32) | 0 is the vTPM's NVChip). The "
-            "subcommands and flags are those of the Rust `cocoonfs` tool (cocoonfs-cli "
-            "0.1.3), read-only ones only; info and fsck are cvmstore's own.",
+            "Make, read and write CocoonFs v1 images, the encrypted and authenticated "
+            "filesystem COCONUT-SVSM keeps its persistent state in (inode (1 << 32) | 0 is the "
+            "vTPM's NVChip, service 2 in the upper 32 bits is UEFI). The subcommands and flags "
+            "are those of the Rust `cocoonfs` tool (cocoonfs-cli 0.1.3); info and fsck are "
+            "cvmstore's own.",
             88,
         ),
         epilog=_GROUP_EPILOG,
@@ -143,6 +151,7 @@ def register(commands: Any) -> None:  # noqa: ANN401 (argparse's subparsers type
     )
     _add_group_options(group)
     actions = group.add_subparsers(dest="cocoonfs_command", metavar="COMMAND", required=True)
+    register_write(actions, _action, _add_key_options, _inode)
 
     listing = _action(
         actions,
@@ -196,6 +205,10 @@ def register(commands: Any) -> None:  # noqa: ANN401 (argparse's subparsers type
     )
     _add_key_options(fsck)
     fsck.add_argument("--json", action="store_true", help="print JSON")
+
+    from cvmstore.cli.cocoonfs_anchor import register_anchor  # imports this module: not at top
+
+    register_anchor(actions)
 
     aux = actions.add_parser(
         "aux-fs-metadata",

@@ -54,6 +54,7 @@ __all__ = [
     "NestedParser",
     "add_guest_options",
     "add_image_options",
+    "add_kbs_options",
     "add_measure_options",
     "anchor_name",
     "default_anchor",
@@ -256,11 +257,21 @@ def add_guest_options(parser: argparse.ArgumentParser) -> None:
     parser.epilog = GUEST_EPILOG
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("--image", required=True, metavar="FILE", help="the image file")
-    kbs = parser.add_argument_group("the KBS (the volume's key and its anchor come from it)")
+    add_kbs_options(parser, "the KBS (the volume's key and its anchor come from it)")
+
+
+def add_kbs_options(
+    parser: argparse.ArgumentParser, title: str, *, volume_required: bool = True
+) -> None:
+    """The KBS and evidence options that `guest_config` reads, in two groups (`title`: the KBS's).
+
+    `cocoonfs anchor --anchor kbs` takes them too, with --volume optional to the parser.
+    """
+    kbs = parser.add_argument_group(title)
     kbs.add_argument("--kbs", metavar="URL", help=f"the KBS's base URL (default: ${KBS_URL_ENV})")
     kbs.add_argument(
         "--volume",
-        required=True,
+        required=volume_required,
         metavar="NAME",
         help="the volume's name at the KBS (`cvmstore kbs admin volume create NAME`)",
     )

@@ -326,11 +326,11 @@ class CocoonFsImage:
                 authenticate under `key`.
             IntegrityError: any other authentication failure.
         """
-        from cvmstore.cocoonfs.volume import replay  # noqa: PLC0415 (volume builds on this)
+        from cvmstore.cocoonfs.volume import replay
 
         replayed = replay(data, key)
         if replayed is not None:
-            return replayed[0]  # type: ignore[return-value]
+            return replayed[0]
         return _Opener(data, key).run(cls)
 
     @property

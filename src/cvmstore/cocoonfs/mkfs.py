@@ -56,7 +56,7 @@ from cvmstore.cocoonfs.tree import AuthSubject, Extent, TreeGeometry, levels_for
 from cvmstore.cocoonfs.writer import _leaf_payload
 from cvmstore.errors import DeviceFullError
 
-__all__ = ["MkfsOptions", "layout_for", "mkfs_image", "mkfs_info_header"]
+__all__ = ["MkfsOptions", "format_layout", "layout_for", "mkfs_image", "mkfs_info_header"]
 
 _HASHES = {
     ("sha2", 128): HashAlg.SHA256,
@@ -194,12 +194,31 @@ def mkfs_image(
         ValueError: bad options.
         DeviceFullError: the device is too small for the metadata.
     """
-    layout = layout_for(options)
+    return format_layout(
+        device,
+        key,
+        layout_for(options),
+        options.salt,
+        randomize=options.randomize,
+        image_size=image_size,
+    )
+
+
+def format_layout(
+    device: BlockDevice,
+    key: bytes,
+    layout: ImageLayout,
+    salt: bytes,
+    *,
+    randomize: bool = True,
+    image_size: int | None = None,
+) -> bytes:
+    """Format `device` with an explicit layout (as a `CCFSMKFS` header gives it)."""
     shift = layout.allocation_block_size_log2
     io_ab = 1 << layout.io_block_allocation_blocks_log2
     total = image_size if image_size is not None else device.block_count * device.block_size
     blocks = (total >> shift) // io_ab * io_ab
-    static = StaticHeader(layout, options.salt)
+    static = StaticHeader(layout, salt)
     header_end = header_end_of(static)
     head = journal_head_extent(layout, header_end)
     cursor = head[0] + head[1]
@@ -226,13 +245,13 @@ def mkfs_image(
     if used_end > blocks:
         raise DeviceFullError("CocoonFs mkfs: the device is too small")
 
-    root_key = derive_root_key(key, layout, options.salt)
+    root_key = derive_root_key(key, layout, salt)
 
     def subkey(purpose: KeyPurpose, domain: int, sub: int) -> bytes:
         return derive_subkey(root_key, layout, purpose, domain, sub)
 
     size_bytes = blocks << shift
-    data = bytearray(os.urandom(size_bytes) if options.randomize else bytes(size_bytes))
+    data = bytearray(os.urandom(size_bytes) if randomize else bytes(size_bytes))
     data[: header_end << shift] = bytes(header_end << shift)
     data[head[0] << shift : (head[0] + head[1]) << shift] = bytes(head[1] << shift)
     alloc = bytearray(blocks)

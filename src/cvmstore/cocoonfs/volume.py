@@ -23,6 +23,7 @@ from collections.abc import Iterator, Mapping
 
 from cvmstore._types import BlockIndex
 from cvmstore.block.protocol import BlockDevice
+from cvmstore.cocoonfs.auxmeta import read_mkfsinfo_aux_metadata
 from cvmstore.cocoonfs.image import (
     CocoonFsImage,
     InodeEntry,
@@ -40,8 +41,8 @@ from cvmstore.cocoonfs.journal import (
     undisguise,
 )
 from cvmstore.cocoonfs.keys import KeyPurpose, derive_root_key, derive_subkey
-from cvmstore.cocoonfs.layout import MutableHeader, StaticHeader
-from cvmstore.cocoonfs.mkfs import MkfsOptions, mkfs_image
+from cvmstore.cocoonfs.layout import MKFSINFO_MAGIC, MkfsInfoHeader, MutableHeader, StaticHeader
+from cvmstore.cocoonfs.mkfs import MkfsOptions, format_layout, mkfs_image
 from cvmstore.cocoonfs.tree import Extent, TreeGeometry
 from cvmstore.cocoonfs.writer import Plan, plan
 from cvmstore.errors import DeviceFullError, FormatError, IntegrityError
@@ -95,6 +96,8 @@ class CocoonFsVolume:
                 replays to a state that authenticates.
         """
         view = bytearray(device.read(BlockIndex(0), device.block_count))
+        if view[: len(MKFSINFO_MAGIC)] == MKFSINFO_MAGIC:
+            return cls._format_from_info(device, key, bytes(view))
         replayed = replay(bytes(view), key)
         if replayed is None:
             return cls(device, _Opener(bytes(view), key).run(CocoonFsImage), view)
@@ -111,6 +114,25 @@ class CocoonFsVolume:
     def mkfs(cls, device: BlockDevice, key: bytes, options: MkfsOptions) -> CocoonFsVolume:
         """Format the whole of `device` and open the result (which authenticates it)."""
         mkfs_image(device, key, options)
+        return cls.open(device, key)
+
+    @classmethod
+    def _format_from_info(cls, device: BlockDevice, key: bytes, view: bytes) -> CocoonFsVolume:
+        """Online mkfs: format as the keyless `CCFSMKFS` header says, on the first keyed open.
+
+        Section "Filesystem creation info header".
+        The header is not authenticated; whoever supplies the key vouches for the volume.
+        """
+        info = MkfsInfoHeader.decode(view)
+        aux = read_mkfsinfo_aux_metadata(view)
+        if aux is not None and aux.entries:
+            raise FormatError(
+                "CocoonFs mkfs info header carries auxiliary metadata; cvmstore cannot place "
+                "it in a formatted image yet (format it with the Rust tool)"
+            )
+        if info.image_size > len(view):
+            raise FormatError("CocoonFs mkfs info header: the volume is smaller than the image")
+        format_layout(device, key, info.layout, info.salt, image_size=info.image_size)
         return cls.open(device, key)
 
     # -- reading ----------------------------------------------------------------------------
