@@ -108,3 +108,16 @@ def test_key_broker_tour_runs_as_written(tmp_path: Path) -> None:
     assert "older copy of the image was restored" in proc.stderr
     assert "advanced" in proc.stdout  # the audit log
     assert (tmp_path / "kbs-data" / "admin.token").stat().st_mode & 0o777 == 0o600
+
+
+def test_svsm_state_section_runs(tmp_path: Path) -> None:
+    """The CocoonFs section's first block, as written (a restored copy exits 8)."""
+    script = _as_checked_script(_tour("## An SVSM state image (CocoonFs)"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CVMSTORE_")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    proc = subprocess.run(
+        ["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+        timeout=300, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    assert "4294967297 0x01" in proc.stdout
