@@ -28,6 +28,12 @@ def _guest(config: BenchConfig) -> Report:
     return guest.run(config)
 
 
+def _cocoonfs(config: BenchConfig) -> Report:
+    from cvmstore.bench import cocoonfs  # on use, as for `kbs`
+
+    return cocoonfs.run(config)
+
+
 #: Suite name -> (one-line description, runner).
 SUITES: dict[str, tuple[str, Callable[[BenchConfig], Report]]] = {
     "block": ("FileDevice against bare os.pread/os.pwrite", block.run),
@@ -37,4 +43,8 @@ SUITES: dict[str, tuple[str, Callable[[BenchConfig], Report]]] = {
     "igvm": ("the SNP launch digest of an IGVM file against bare SHA-384 per page", igvm.run),
     "kbs": ("KBS handshakes and ledger advances on loopback against crypto and SQLite", _kbs),
     "guest": ("commits anchored in a KBS ledger (strict, batched) against a FileAnchor", _guest),
+    "cocoonfs": (
+        "CocoonFs mkfs, 16 KiB writes and reads against the Rust cocoonfs tool",
+        _cocoonfs,
+    ),
 }

@@ -28,6 +28,7 @@ class BenchConfig:
     quick: bool
     directory: str
     rounds: int = 5
+    ops: int | None = None  # operations per run, for suites that take a count (`--ops`)
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,6 +35,13 @@ def register(commands: Any) -> None:  # noqa: ANN401 (argparse's subparsers type
         help="where to create scratch images (default: %(default)s)",
     )
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds per figure")
+    parser.add_argument(
+        "--ops",
+        type=int,
+        default=None,
+        metavar="N",
+        help="operations per run, for suites that take a count (cocoonfs: 1000)",
+    )
     parser.set_defaults(handler=_run)
 
 
@@ -47,7 +54,7 @@ def _run(args: argparse.Namespace) -> int:
         )
         return 2
     rounds = args.rounds or (3 if args.quick else 7)
-    config = BenchConfig(quick=args.quick, directory=args.dir, rounds=rounds)
+    config = BenchConfig(quick=args.quick, directory=args.dir, rounds=rounds, ops=args.ops)
     reports = []
     for name in args.suites or list(SUITES):
         _, runner = SUITES[name]

@@ -34,7 +34,7 @@ __all__ = ["register"]
 
 _EXIT = """\
 exit status: 0 success; 2 usage error (unreadable file, bad key hex, bad inode); 3 FormatError
-(damaged headers or metadata, a pending journal); 4 NotAnImageError (not a CocoonFs image);
+(damaged headers, metadata or journal); 4 NotAnImageError (not a CocoonFs image);
 5 UnsupportedVersionError; 6 WrongKeyError (wrong key, or a tampered entry leaf: the format
 cannot tell them apart); 7 IntegrityError (the image was changed); 21 PathNotFoundError (no
 such inode or aux metadata entry)."""
