@@ -157,7 +157,8 @@ def register(commands: Any) -> None:  # noqa: ANN401 (argparse's subparsers type
         actions,
         ("list-files",),
         "list all files in the filesystem image",
-        "Open (and so authenticate) the image and list its files, one `INODE 0xFLAGS` line "
+        "Open the image (authenticating its headers and index) and list its files, one "
+        "`INODE 0xFLAGS` line "
         "each in ascending inode order, as the Rust tool prints them.",
         _list_files,
     )
@@ -168,7 +169,8 @@ def register(commands: Any) -> None:  # noqa: ANN401 (argparse's subparsers type
         actions,
         ("read-file",),
         "read a file from the filesystem image",
-        "Open (and so authenticate) the image and write one file's whole content to standard "
+        "Open the image and write one file's whole content, authenticated block by block, "
+        "to standard "
         "output or to --output-file.",
         _read_file,
     )
@@ -310,12 +312,16 @@ def _key(args: argparse.Namespace) -> bytes:
     return key
 
 
-def _open(args: argparse.Namespace) -> CocoonFsImage:
-    """The image of `-i`, opened and authenticated; errors name the image file."""
+def _open(args: argparse.Namespace, *, verify_all: bool = False) -> CocoonFsImage:
+    """The image of `-i`, opened and authenticated; errors name the image file.
+
+    The headers, root, bitmap and index are authenticated at open, each file's blocks when
+    read; `verify_all` (fsck) checks every block and node first.
+    """
     data = _read(args.image, "the image")
     key = _key(args)
     try:
-        return CocoonFsImage.open(data, key)
+        return CocoonFsImage.open(data, key, lazy=not verify_all)
     except WrongKeyError:
         raise WrongKeyError(
             f"{args.image}: wrong key (or the image's inode index entry leaf was changed)"
@@ -426,7 +432,7 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _fsck(args: argparse.Namespace) -> int:
-    image = _open(args)
+    image = _open(args, verify_all=True)
     total = 0
     files = image.list_files()
     for entry in files:

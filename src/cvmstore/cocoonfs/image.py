@@ -29,9 +29,10 @@ uses 8 MiB).
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Any
 
 from cryptography.hazmat.primitives import constant_time
 from cryptography.hazmat.primitives.ciphers import Cipher, modes
@@ -81,6 +82,16 @@ class SpecialInode(IntEnum):
 
 
 _AuthSubject = AuthSubject
+
+
+class _AllAllocated:
+    """A bitmap stand-in that says every block is allocated (see the lazy open)."""
+
+    def __getitem__(self, index: int) -> int:
+        return 0xFF
+
+
+_ALL_ALLOCATED: Any = _AllAllocated()
 
 #: Identifier of the chained extents' associated data for an inode extents list.
 _AAD_KIND_INODE_EXTENTS_LIST = 2
@@ -249,14 +260,16 @@ def encrypt_counter(layout: ImageLayout, key: bytes, counter: int) -> bytes:
 
 def alloc_map_of(bitmap: bytes | bytearray, image_size: int) -> bytearray:
     """One byte per Allocation Block of the image, 1 if the bitmap marks it allocated."""
-    out = bytearray(image_size)
-    table = [bytes((b >> i) & 1 for i in range(8)) for b in range(256)]
-    whole = min(len(bitmap), image_size // 8)
-    out[: whole * 8] = b"".join(table[b] for b in bitmap[:whole])
-    for block in range(whole * 8, image_size):
-        if block >> 3 < len(bitmap) and bitmap[block >> 3] >> (block & 7) & 1:
-            out[block] = 1
-    return out
+    whole = bitmap[: -(-image_size // 8)]
+    if not whole:
+        return bytearray(image_size)
+    # The bitmap as one integer, its binary digits reversed: bit n is block n (C speed).
+    digits = bin(int.from_bytes(whole, "little"))[2:][::-1]
+    digits = digits.ljust(image_size, "0")[:image_size]
+    return bytearray(digits.encode().translate(_DIGIT_TO_BIT))
+
+
+_DIGIT_TO_BIT = bytes.maketrans(b"01", b"\x00\x01")
 
 
 def image_context_digest(
@@ -312,11 +325,15 @@ class CocoonFsImage:
         return self.static_header.layout
 
     @classmethod
-    def open(cls, data: bytes, key: bytes) -> CocoonFsImage:
+    def open(cls, data: bytes, key: bytes, *, lazy: bool = False) -> CocoonFsImage:
         """Authenticate the image `data` under the raw key material `key` and index it.
 
         A pending journal is replayed in memory (the bytes given are not changed): the result
         is the committed state. `CocoonFsVolume.open` also writes the replay back.
+
+        By default every data block and tree node is checked before this returns. With
+        `lazy`, only the headers, the root, the bitmap and the inode index are; each file's
+        blocks are then authenticated when it is read (what the Rust tool does).
 
         Raises:
             NotAnImageError: no CocoonFs magic.
@@ -331,7 +348,7 @@ class CocoonFsImage:
         replayed = replay(data, key)
         if replayed is not None:
             return replayed[0]
-        return _Opener(data, key).run(cls)
+        return _Opener(data, key, lazy=lazy).run(cls)
 
     @property
     def data(self) -> bytes:
@@ -356,9 +373,14 @@ class CocoonFsImage:
         entry = self._entries.get(inode)
         if entry is None:
             raise PathNotFoundError(f"CocoonFs inode {inode} does not exist")
-        extents = _inode_extents(self._data, self.layout, self._root_key, entry, None)
+        tree = self._opened.tree
+        extents = _inode_extents(
+            self._data, self.layout, self._root_key, entry, None, None, tree.check_extent
+        )
         if not extents:
             return b""
+        for extent in extents:
+            tree.check_extent(extent)
         raw = b"".join(_extent_bytes(self._data, self.layout, e) for e in extents)
         ct_len = (len(raw) - _IV_LEN) // CIPHER_BLOCK_LEN * CIPHER_BLOCK_LEN
         if ct_len <= 0:
@@ -388,6 +410,7 @@ def _read_chained_extents(
     enc_key: bytes,
     auth: tuple[bytes, bytes] | None,
     visited: list[Extent] | None = None,
+    check: Callable[[Extent], None] | None = None,
 ) -> bytes:
     """Decrypt an encrypted chained extents entity that has no plaintext header.
 
@@ -413,6 +436,8 @@ def _read_chained_extents(
         seen.add(current[0])
         if visited is not None:
             visited.append(current)
+        if check is not None:
+            check(current)
         raw = _extent_bytes(data, layout, current)
         # The first extent holds [tag] IV; a continuation extent holds [tag] (the inline
         # authenticated variant stores the tag before the IV).
@@ -457,6 +482,7 @@ def _inode_extents(
     entry: InodeEntry,
     inline_auth: bool | None,
     chain: list[Extent] | None = None,
+    check: Callable[[Extent], None] | None = None,
 ) -> list[Extent]:
     """Where an inode's data lives (section "Inode extents lists"); [] for NIL."""
     ptr = decode_extent_ptr(entry.extent_ptr)
@@ -478,7 +504,7 @@ def _inode_extents(
             InodeKeySubdomain.EXTENTS_LIST,
         )
         auth = (hmac_key, _U64.pack(entry.inode) + bytes([0, _AAD_KIND_INODE_EXTENTS_LIST]))
-    payload = _read_chained_extents(data, layout, (start, length), enc_key, auth, chain)
+    payload = _read_chained_extents(data, layout, (start, length), enc_key, auth, chain, check)
     extents = decode_extents_list(payload)
     if not extents:
         raise FormatError(f"CocoonFs inode {entry.inode}: empty extents list")
@@ -517,15 +543,27 @@ def _leaf_entries(layout: ImageLayout, plain: bytes) -> tuple[int | None, list[I
 class _Opener:
     """The opening sequence; one instance per `CocoonFsImage.open` call."""
 
-    def __init__(self, data: bytes, key: bytes, *, journal_applied: bool = False) -> None:
+    def __init__(
+        self, data: bytes, key: bytes, *, journal_applied: bool = False, lazy: bool = False
+    ) -> None:
         self.data = data
         self.key_material = key
+        # Lazy: authenticate what is read, when it is read (as the Rust tool does), instead
+        # of every data block and node at open.
+        self.lazy = lazy
         # Set by journal replay, which opens the image as the journal will have made it.
         self.journal_applied = journal_applied
         self.index_nodes: list[Extent] = []
 
     def subkey(self, purpose: KeyPurpose, domain: int, subdomain: int) -> bytes:
-        return derive_subkey(self.root_key, self.layout, purpose, domain, subdomain)
+        """A subkey of this image's root key, derived once per opening."""
+        cache: dict[tuple[int, int, int], bytes] = self.__dict__.setdefault("_subkeys", {})
+        found = cache.get((purpose, domain, subdomain))
+        if found is None:
+            found = cache[purpose, domain, subdomain] = derive_subkey(
+                self.root_key, self.layout, purpose, domain, subdomain
+            )
+        return found
 
     def run(self, cls: type[CocoonFsImage]) -> CocoonFsImage:
         data = self.data
@@ -548,7 +586,8 @@ class _Opener:
 
         # Step 6: the entry leaf, authenticated by its pre-authentication HMAC.
         leaf_size = layout.index_leaf_node_size
-        leaf_raw = data[mutable.entry_leaf << shift :][:leaf_size]
+        leaf_at = mutable.entry_leaf << shift
+        leaf_raw = data[leaf_at : leaf_at + leaf_size]
         if len(leaf_raw) != leaf_size:
             raise FormatError("CocoonFs inode index entry leaf beyond the image")
         cipher_id = struct.pack(">HH", layout.block_cipher_alg, layout.block_cipher_key_bits)
@@ -606,11 +645,17 @@ class _Opener:
         tree.verify_root(mutable.root_hmac, mutable.encrypted_update_counter, image_context)
 
         # Step 9-11: bitmap, then every data block and node through the tree.
+        self.aux_extents = self._aux_extents(mutable)
+        self.skipped = [journal_head, *self.aux_extents]
+        if self.lazy:
+            # Bitmap extents are data block aligned, so their blocks count as allocated
+            # before the bitmap is known: authenticate them, then decrypt.
+            self.bitmap = _ALL_ALLOCATED
+            tree.check_blocks(b for start, n in bitmap_extents for b in range(start, start + n))
         bitmap = self.bitmap = self._read_bitmap(bitmap_extents)
         self.alloc_map = alloc_map_of(bitmap, self.image_size)
-        self.aux_extents = self._aux_extents(mutable)
-        skipped = [journal_head, *self.aux_extents]
-        tree.verify_all(bitmap, skipped)
+        if not self.lazy:
+            tree.verify_all(bitmap, self.skipped)
 
         # Step 12: the whole inode index, now authenticated.
         entries = self._walk_index(special[SpecialInode.INDEX_ROOT], index_key, mutable.entry_leaf)
@@ -714,9 +759,10 @@ class _Opener:
             if depth > 64:
                 raise FormatError("CocoonFs inode index too deep")
             size = layout.index_leaf_node_size if level == 1 else layout.index_internal_node_size
-            raw = self.data[start << shift :][:size]
+            raw = self.data[start << shift : (start << shift) + size]
             if len(raw) != size:
                 raise FormatError("CocoonFs inode index node beyond the image")
+            self.tree.check_blocks(range(start, start + (size >> shift)))
             plain = _decrypt_block(layout, key, raw, size - _IV_LEN)
             self.index_nodes.append((start, size >> shift))
             if level == 1:
@@ -748,7 +794,9 @@ class _Opener:
             size = layout.index_internal_node_size
             if ptr[1] << shift != size:
                 raise FormatError("CocoonFs inode index root extent is not one internal node")
-            plain = _decrypt_block(layout, key, self.data[ptr[0] << shift :][:size], size - _IV_LEN)
+            self.tree.check_blocks(range(ptr[0], ptr[0] + ptr[1]))
+            root_at = ptr[0] << shift
+            plain = _decrypt_block(layout, key, self.data[root_at : root_at + size], size - _IV_LEN)
             (root_level,) = struct.unpack_from("<I", plain, 8 + 16 * ((len(plain) - 12) // 16))
             if not 2 <= root_level <= 64:
                 raise FormatError("CocoonFs inode index root at an impossible level")
@@ -770,8 +818,69 @@ class _AuthTree:
         self.geometry = TreeGeometry(opener.layout, extents, opener.image_size)
         self.extents = self.geometry.extents
         self.root_hmac_key = opener.subkey(KeyPurpose.AUTH_ROOT, SpecialInode.AUTH_TREE, 0)
-        self.nodes: dict[int, bytes] = {}
-        self.digests: list[bytes] = []
+        #: Entries of the nodes known to be authentic (the root after `verify_root`; all of
+        #: them after `verify_all`; the rest on demand, each against its verified parent).
+        self.verified: dict[int, bytes] = {}
+        #: Data blocks whose current content was checked against the tree.
+        self.checked_blocks: set[int] = set()
+
+    def entries(self, node: int) -> bytes:
+        """The authentic entries of `node`, verified up the path to the root on first use.
+
+        Raises:
+            IntegrityError: a stored node does not match its parent's digest.
+        """
+        found = self.verified.get(node)
+        if found is not None:
+            return found
+        geometry = self.geometry
+        level, begin, parent, j = geometry.locate(node)
+        parent_entries = self.entries(parent)
+        size = self.layout.auth_tree_node_hash_alg.digest_len
+        stored = self.stored_node(node, level)
+        expect = parent_entries[j * size : (j + 1) * size]
+        if not constant_time.bytes_eq(geometry.child_digest(level, begin, stored), expect):
+            raise IntegrityError(f"CocoonFs: auth tree node at level {level} does not match")
+        self.verified[node] = stored
+        return stored
+
+    def leaf_digest(self, index: int) -> bytes:
+        """The authentic stored digest of data block `index` (index domain)."""
+        size = self.layout.auth_tree_data_hmac_hash_alg.digest_len
+        leaf, _, begin = self.geometry.path(index)[-1]
+        j = index - begin
+        return self.entries(leaf)[j * size : (j + 1) * size]
+
+    def check_blocks(self, blocks: Iterable[int]) -> None:
+        """Authenticate the data blocks holding Allocation Blocks `blocks` against the tree.
+
+        Raises:
+            IntegrityError: a data block's content or allocation does not match.
+        """
+        geometry = self.geometry
+        opener = self.opener
+        pending = {
+            i
+            for b in blocks
+            if (i := geometry.data_index(b)) is not None and i not in self.checked_blocks
+        }
+        if not pending:
+            return
+        key = opener.subkey(KeyPurpose.AUTH_DATA, SpecialInode.AUTH_TREE, 0)
+        counted = counted_blocks(opener, opener.bitmap, opener.skipped)
+        per = 1 << geometry.a
+        for index in sorted(pending):
+            phys = geometry.data_block_start(index)
+            digest = geometry.data_digest(key, opener.data, index, counted(phys, per))
+            if not constant_time.bytes_eq(digest, self.leaf_digest(index)):
+                raise IntegrityError(
+                    f"CocoonFs: data block at Allocation Block {phys} does not authenticate"
+                )
+            self.checked_blocks.add(index)
+
+    def check_extent(self, extent: Extent) -> None:
+        """`check_blocks` over one extent."""
+        self.check_blocks(range(extent[0], extent[0] + extent[1]))
 
     def stored_node(self, node: int, level: int) -> bytes:
         """Node `node`'s digests as stored in the image."""
@@ -794,15 +903,16 @@ class _AuthTree:
         )
         if not constant_time.bytes_eq(expect, root_hmac):
             raise IntegrityError("CocoonFs: the authentication tree root HMAC does not match")
+        self.verified[0] = self.stored_node(0, geometry.levels - 1)
 
     def verify_all(self, bitmap: bytes, skipped: list[Extent]) -> None:
         """Check every stored node and every data block digest of the image."""
         geometry = self.geometry
-        self.digests = data_block_digests(self.opener, geometry, bitmap, skipped)
-        self.nodes = geometry.build(self.digests)
+        digests = data_block_digests(self.opener, geometry, bitmap, skipped)
+        nodes = geometry.build(digests)
 
         def check(node: int, level: int, begin: int) -> None:
-            if not constant_time.bytes_eq(self.stored_node(node, level), self.nodes[node]):
+            if not constant_time.bytes_eq(self.stored_node(node, level), nodes[node]):
                 if level == 0:
                     raise IntegrityError(
                         f"CocoonFs: a data block in {begin}..{begin + (1 << geometry.d) - 1} "
@@ -818,6 +928,8 @@ class _AuthTree:
 
         # Top-down is as strict as bottom-up: every node is compared with its recomputation.
         check(0, geometry.levels - 1, 0)
+        self.verified = nodes
+        self.checked_blocks = set(range(geometry.data_block_count))
 
 
 def root_hmac_digest(

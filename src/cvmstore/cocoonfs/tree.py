@@ -10,9 +10,10 @@ digests computed here; the writer recomputes only the paths above changed data b
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
+from typing import Protocol
 
 from cryptography.hazmat.primitives import hashes
 
@@ -20,7 +21,7 @@ from cvmstore.cocoonfs.keys import hash_algorithm, hmac_digest
 from cvmstore.cocoonfs.layout import ImageLayout
 from cvmstore.errors import FormatError
 
-__all__ = ["AuthSubject", "Extent", "TreeGeometry"]
+__all__ = ["AuthSubject", "DigestMap", "Extent", "NodeMap", "TreeGeometry"]
 
 Extent = tuple[int, int]
 """(start, length) in Allocation Blocks."""
@@ -47,6 +48,8 @@ class TreeGeometry:
     layout: ImageLayout
     extents: list[Extent]
     image_size: int
+    _subtree_sizes: list[int] = field(init=False, repr=False)
+    _leaf_paths: dict[int, list[tuple[int, int, int]]] = field(init=False, repr=False)
     c: int = field(init=False)
     d: int = field(init=False)
     a: int = field(init=False)
@@ -74,6 +77,10 @@ class TreeGeometry:
         self.d = node_log2 - (layout.auth_tree_data_hmac_hash_alg.digest_len - 1).bit_length()
         self.a = layout.auth_tree_data_block_allocation_blocks_log2
         self.levels = levels_for(self.node_count, self.c, self.d, self.a)
+        self._subtree_sizes = [
+            sum(1 << (self.c * i) for i in range(level + 1)) for level in range(self.levels)
+        ]
+        self._leaf_paths: dict[int, list[tuple[int, int, int]]] = {}
         tree_blocks = sum(length for _, length in self.extents)
         data_blocks = self.image_size - tree_blocks
         if data_blocks < 0:
@@ -90,7 +97,7 @@ class TreeGeometry:
 
     def subtree_nodes(self, level: int) -> int:
         """Nodes in a complete subtree whose root is at `level`."""
-        return sum(1 << (self.c * i) for i in range(level + 1))
+        return self._subtree_sizes[level]
 
     def last_entry_begin(self, level: int, begin: int) -> int:
         """Data block index where the node's last entry's range begins (its position)."""
@@ -100,6 +107,13 @@ class TreeGeometry:
 
     def path(self, data_index: int) -> list[tuple[int, int, int]]:
         """(node index, level, begin) from the root down to the leaf over `data_index`."""
+        leaf = data_index >> self.d
+        found = self._leaf_paths.get(leaf)
+        if found is None:
+            found = self._leaf_paths[leaf] = self._path(leaf << self.d)
+        return found
+
+    def _path(self, data_index: int) -> list[tuple[int, int, int]]:
         out: list[tuple[int, int, int]] = []
         node, level, begin = 0, self.levels - 1, 0
         while True:
@@ -111,6 +125,29 @@ class TreeGeometry:
             node += 1 + j * self.subtree_nodes(level - 1)
             begin += j * child_span
             level -= 1
+
+    def locate(self, node: int) -> tuple[int, int, int, int]:
+        """(level, begin, parent, index in parent) of a non-root node."""
+        if node <= 0 or node >= self.node_count:
+            raise FormatError(f"CocoonFs auth tree node {node} does not exist")
+        current, level, begin = 0, self.levels - 1, 0
+        while level > 0:
+            child_nodes = self.subtree_nodes(level - 1)
+            j = (node - current - 1) // child_nodes
+            child = current + 1 + j * child_nodes
+            child_begin = begin + j * self.span(level - 1)
+            if child == node:
+                return level - 1, child_begin, current, j
+            current, level, begin = child, level - 1, child_begin
+        raise FormatError(f"CocoonFs auth tree node {node} does not exist")
+
+    def child_digest(self, level: int, begin: int, entries: bytes) -> bytes:
+        """What a parent holds for the child at (`level`, `begin`) with these entries."""
+        h = hashes.Hash(hash_algorithm(self.layout.auth_tree_node_hash_alg))
+        h.update(entries)
+        h.update(_U64.pack(self.last_entry_begin(level, begin)))
+        h.update(bytes([0, AuthSubject.AUTH_TREE_DESCENDANT_NODE]))
+        return h.finalize()
 
     def node_byte_offset(self, node: int) -> int:
         """Byte offset in the image where node `node` is stored."""
@@ -208,11 +245,7 @@ class TreeGeometry:
             if child_begin >= self.data_block_count:
                 out += bytes(size)
                 continue
-            h = hashes.Hash(hash_algorithm(self.layout.auth_tree_node_hash_alg))
-            h.update(child[child_begin])
-            h.update(_U64.pack(self.last_entry_begin(level - 1, child_begin)))
-            h.update(bytes([0, AuthSubject.AUTH_TREE_DESCENDANT_NODE]))
-            out += h.finalize()
+            out += self.child_digest(level - 1, child_begin, child[child_begin])
         return bytes(out)
 
     def entries_len(self, level: int) -> int:
@@ -245,31 +278,41 @@ class TreeGeometry:
         visit(0, self.levels - 1, 0)
         return nodes
 
-    def update(
-        self, nodes: dict[int, bytes], digests: list[bytes], changed: Iterable[int]
-    ) -> set[int]:
-        """Recompute the nodes above the data blocks `changed`; returns the nodes rewritten.
+    def update(self, nodes: NodeMap, new_digests: Mapping[int, bytes]) -> set[int]:
+        """Splice new data block digests into the tree; returns the nodes rewritten.
 
-        `nodes` must hold every node's entries (as `build` returns them); it is updated.
+        `nodes` yields each node's current, authentic entries and takes the new ones. Only
+        the changed entries are recomputed: an untouched sibling's digest is already in its
+        parent, which is authentic.
         """
-        by_level: dict[int, dict[int, tuple[int, int]]] = {}
-        for index in changed:
-            for node, level, begin in self.path(index):
-                by_level.setdefault(level, {})[node] = (level, begin)
+        data_size = self.layout.auth_tree_data_hmac_hash_alg.digest_len
+        node_size = self.layout.auth_tree_node_hash_alg.digest_len
+        # Per node: its (level, begin), and which of its entries change.
+        touched: dict[int, tuple[int, int, set[int]]] = {}
+        for index in new_digests:
+            path = self.path(index)
+            for depth, (node, level, begin) in enumerate(path):
+                slot = (
+                    index - begin
+                    if level == 0
+                    else (path[depth + 1][2] - begin) // self.span(level - 1)
+                )
+                touched.setdefault(node, (level, begin, set()))[2].add(slot)
         rewritten: set[int] = set()
         for level in range(self.levels):
-            for node, (_, begin) in sorted(by_level.get(level, {}).items()):
-                if level == 0:
-                    nodes[node] = self.node_entries(0, begin, _ListView(digests))
-                else:
-                    children: dict[int, bytes] = {}
-                    child_nodes = self.subtree_nodes(level - 1)
-                    for j in range(1 << self.c):
+            for node, (node_level, begin, slots) in sorted(touched.items()):
+                if node_level != level:
+                    continue
+                entries = bytearray(nodes[node])
+                for j in slots:
+                    if level == 0:
+                        entries[j * data_size : (j + 1) * data_size] = new_digests[begin + j]
+                    else:
+                        child = node + 1 + j * self.subtree_nodes(level - 1)
                         child_begin = begin + j * self.span(level - 1)
-                        if child_begin >= self.data_block_count:
-                            break
-                        children[child_begin] = nodes[node + 1 + j * child_nodes]
-                    nodes[node] = self.node_entries(level, begin, children)
+                        digest = self.child_digest(level - 1, child_begin, nodes[child])
+                        entries[j * node_size : (j + 1) * node_size] = digest
+                nodes[node] = bytes(entries)
                 rewritten.add(node)
         return rewritten
 
@@ -278,10 +321,24 @@ class TreeGeometry:
         return self.last_entry_begin(self.levels - 1, 0) % (1 << 64)
 
 
-class _ListView(dict[int, bytes]):
-    """A list of data block digests seen as the `child` mapping of `node_entries`."""
+class NodeMap(Protocol):
+    """Node entries by node index, read and written (a dict, or a lazily verified view)."""
 
-    def __init__(self, digests: list[bytes]) -> None:
+    def __getitem__(self, node: int, /) -> bytes: ...
+
+    def __setitem__(self, node: int, entries: bytes, /) -> None: ...
+
+
+class DigestMap(Protocol):
+    """Data block digests by index domain index (a list, or a lazily verified view)."""
+
+    def __getitem__(self, index: int, /) -> bytes: ...
+
+
+class _ListView(dict[int, bytes]):
+    """Data block digests seen as the `child` mapping of `node_entries`."""
+
+    def __init__(self, digests: DigestMap) -> None:
         super().__init__()
         self._digests = digests
 

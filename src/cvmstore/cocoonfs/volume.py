@@ -87,20 +87,26 @@ class CocoonFsVolume:
         self._disk = _Disk(device, view)
 
     @classmethod
-    def open(cls, device: BlockDevice, key: bytes) -> CocoonFsVolume:
+    def open(cls, device: BlockDevice, key: bytes, *, verify_all: bool = False) -> CocoonFsVolume:
         """Open and authenticate the image on `device`, replaying a pending journal first.
+
+        The headers, the root, the bitmap and the inode index are authenticated here; each
+        file's blocks when it is read or replaced. `verify_all` checks every data block and
+        tree node before returning (what `fsck` does).
 
         Raises:
             NotAnImageError, UnsupportedVersionError, FormatError, WrongKeyError,
             IntegrityError: as `CocoonFsImage.open`; nothing is written unless the journal
                 replays to a state that authenticates.
         """
-        view = bytearray(device.read(BlockIndex(0), device.block_count))
-        if view[: len(MKFSINFO_MAGIC)] == MKFSINFO_MAGIC:
-            return cls._format_from_info(device, key, bytes(view))
-        replayed = replay(bytes(view), key)
+        raw = device.read(BlockIndex(0), device.block_count)
+        view = bytearray(raw)
+        if raw[: len(MKFSINFO_MAGIC)] == MKFSINFO_MAGIC:
+            return cls._format_from_info(device, key, raw)
+        replayed = replay(raw, key)
         if replayed is None:
-            return cls(device, _Opener(bytes(view), key).run(CocoonFsImage), view)
+            opener = _Opener(raw, key, lazy=not verify_all)
+            return cls(device, opener.run(CocoonFsImage), view)
         image, head = replayed
         volume = cls(device, image, view)
         disk = volume._disk

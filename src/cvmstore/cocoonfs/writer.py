@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -46,7 +46,7 @@ from cvmstore.cocoonfs.image import (
     image_context_digest,
     root_hmac_digest,
 )
-from cvmstore.cocoonfs.keys import InodeKeySubdomain, KeyPurpose, derive_subkey, hmac_digest
+from cvmstore.cocoonfs.keys import InodeKeySubdomain, KeyPurpose, hmac_digest
 from cvmstore.cocoonfs.layout import (
     CIPHER_BLOCK_LEN,
     NIL_PTR,
@@ -66,6 +66,9 @@ _T = TypeVar("_T")
 _U64 = struct.Struct("<Q")
 _IV_LEN = CIPHER_BLOCK_LEN
 _MAX_DIRECT = 64
+#: Free IO Blocks a write leaves for a later removal, beyond the index: the mutable header's
+#: and a few bitmap blocks' staging copies and the journal log's tail.
+_REMOVAL_RESERVE_IO_BLOCKS = 10
 #: Largest inode number (inode numbers are 64-bit, 0 means "no inode").
 MAX_INODE = (1 << 64) - 1
 
@@ -163,20 +166,6 @@ class _Allocator:
             pos = at + self.io_ab
 
 
-def _bitmap_bytes(alloc_map: bytearray, length: int) -> bytearray:
-    out = bytearray(length)
-    for block in _set_positions(alloc_map):
-        out[block >> 3] |= 1 << (block & 7)
-    return out
-
-
-def _set_positions(alloc_map: bytearray) -> Iterator[int]:
-    pos = alloc_map.find(1)
-    while pos >= 0:
-        yield pos
-        pos = alloc_map.find(1, pos + 1)
-
-
 class _Txn:
     """One transaction's in-memory construction."""
 
@@ -195,9 +184,11 @@ class _Txn:
         self.entries = dict(opened.entries)
         #: Allocation Blocks whose content or allocation changes.
         self.touched: set[int] = set()
+        #: Extents allocated or freed, in order (the bitmap follows `new_map` over them).
+        self.bit_changes: list[Extent] = []
 
     def subkey(self, purpose: KeyPurpose, domain: int, subdomain: int) -> bytes:
-        return derive_subkey(self.opened.root_key, self.layout, purpose, domain, subdomain)
+        return self.opened.subkey(purpose, domain, subdomain)
 
     def put(self, start: int, payload: bytes) -> None:
         """Place bytes at Allocation Block `start` of the new image."""
@@ -208,12 +199,14 @@ class _Txn:
 
     def allocate(self, blocks: int, align: int = 0) -> list[Extent]:
         extents = self.allocator.take(blocks, align)
+        self.bit_changes += extents
         for start, length in extents:
             self.new_map[start : start + length] = b"\x01" * length
             self.touched.update(range(start, start + length))
         return extents
 
     def free(self, extents: list[Extent]) -> None:
+        self.bit_changes += extents
         for start, length in extents:
             self.new_map[start : start + length] = bytes(length)
             self.touched.update(range(start, start + length))
@@ -222,8 +215,15 @@ class _Txn:
 
     def release_inode(self, entry: InodeEntry) -> None:
         chain: list[Extent] = []
+        # Its extents list is authenticated before it is decrypted, as any read.
         extents = _inode_extents(
-            self.opened.data, self.layout, self.opened.root_key, entry, None, chain
+            self.opened.data,
+            self.layout,
+            self.opened.root_key,
+            entry,
+            None,
+            chain,
+            self.opened.tree.check_extent,
         )
         self.free(extents)
         self.free(chain)
@@ -358,7 +358,13 @@ class _Txn:
         """Re-encrypt the changed bitmap file blocks; returns the new bitmap bytes."""
         layout = self.layout
         old_bits = self.opened.bitmap
-        new_bits = _bitmap_bytes(self.new_map, len(old_bits))
+        new_bits = bytearray(old_bits)
+        for start, length in self.bit_changes:
+            for block in range(start, start + length):
+                if self.new_map[block]:
+                    new_bits[block >> 3] |= 1 << (block & 7)
+                else:
+                    new_bits[block >> 3] &= ~(1 << (block & 7)) & 0xFF
         block = layout.allocation_bitmap_file_block_size
         words = (block - _IV_LEN) // 8 * 8
         key = self.subkey(KeyPurpose.ENCRYPTION, SpecialInode.ALLOC_BITMAP, InodeKeySubdomain.DATA)
@@ -381,7 +387,8 @@ class _Txn:
         skipped = [opened.journal_head, *opened.aux_extents]
         counted = counted_blocks(opened, new_bits, skipped)
         changed = sorted({i for b in self.touched if (i := geometry.data_index(b)) is not None})
-        digests = list(opened.tree.digests)
+        tree = opened.tree
+        digests = _Overlay(tree.leaf_digest)
         data_key = self.subkey(KeyPurpose.AUTH_DATA, SpecialInode.AUTH_TREE, 0)
         per_block = 1 << geometry.a
         for index in changed:
@@ -389,8 +396,10 @@ class _Txn:
             digests[index] = geometry.data_digest(
                 data_key, self.new, index, counted(phys, per_block)
             )
-        nodes = dict(opened.tree.nodes)
-        rewritten = geometry.update(nodes, digests, changed)
+        # The incremental update reads untouched siblings: each is verified against its
+        # parent's stored digest on first use (or was, at a full open).
+        nodes = _Overlay(tree.entries)
+        rewritten = geometry.update(nodes, digests.written)
         tree_io: set[int] = set()
         for node in rewritten:
             at = geometry.node_byte_offset(node)
@@ -407,7 +416,8 @@ class _Txn:
         )
         encrypted_counter = encrypt_counter(layout, counter_key, counter)
         leaf_ptr = encode_block_ptr(entry_leaf)
-        leaf_raw = bytes(self.new[entry_leaf << self.shift :][: layout.index_leaf_node_size])
+        leaf_at = entry_leaf << self.shift
+        leaf_raw = bytes(self.new[leaf_at : leaf_at + layout.index_leaf_node_size])
         preauth = hmac_digest(
             layout.preauth_cca_protection_hmac_hash_alg,
             self.subkey(
@@ -481,7 +491,7 @@ class _Txn:
 
         # Replay rebuilds whole leaves, so it needs the bitmap blocks behind each one.
         bitmap_digests = self._bitmap_fragment_digests(geometry, changed, digests)
-        new_image = self._next_image(mutable, new_bits, digests, nodes, counter, entry_leaf)
+        new_image = self._next_image(mutable, new_bits, nodes, rewritten, changed, counter)
         changed_phys = sorted({geometry.data_block_start(i) >> geometry.a for i in changed})
         return Plan(
             self.new,
@@ -495,7 +505,7 @@ class _Txn:
         )
 
     def _bitmap_fragment_digests(
-        self, geometry: object, changed: list[int], digests: list[bytes]
+        self, geometry: object, changed: list[int], digests: _Overlay
     ) -> list[tuple[int, bytes]]:
         from cvmstore.cocoonfs.tree import TreeGeometry
 
@@ -536,16 +546,17 @@ class _Txn:
         self,
         mutable: MutableHeader,
         new_bits: bytearray,
-        digests: list[bytes],
-        nodes: dict[int, bytes],
+        nodes: _Overlay,
+        rewritten: set[int],
+        changed: list[int],
         counter: int,
-        entry_leaf: int,
     ) -> CocoonFsImage:
         """The state after the transaction, without re-reading the image."""
         opened = self.opened
         nxt = _Opener.__new__(_Opener)
         nxt.__dict__.update(opened.__dict__)
-        nxt.data = bytes(self.new)
+        # The volume replaces this with what the device holds once the writes are done.
+        nxt.data = self.new  # type: ignore[assignment]
         nxt.mutable = mutable
         nxt.bitmap = bytes(new_bits)
         nxt.alloc_map = self.new_map
@@ -553,13 +564,29 @@ class _Txn:
         nxt.index_nodes = self.index_nodes
         nxt.counter = counter
         tree = _clone_tree(opened.tree, nxt)
-        tree.digests = digests
-        tree.nodes = nodes
+        # Authentic in the new image: every node verified before and left alone, every node
+        # rewritten here; every data block checked before and not changed.
+        tree.verified = {**opened.tree.verified, **{n: nodes[n] for n in rewritten}}
+        tree.checked_blocks = opened.tree.checked_blocks | set(changed)
         nxt.tree = tree
-        del entry_leaf
         return CocoonFsImage(
             nxt.data, opened.static, mutable, opened.root_key, nxt.entries, counter, nxt
         )
+
+
+class _Overlay:
+    """Reads through to a verified source; writes stay here (the new state's values)."""
+
+    def __init__(self, source: Callable[[int], bytes]) -> None:
+        self.source = source
+        self.written: dict[int, bytes] = {}
+
+    def __getitem__(self, key: int) -> bytes:
+        found = self.written.get(key)
+        return self.source(key) if found is None else found
+
+    def __setitem__(self, key: int, value: bytes) -> None:
+        self.written[key] = value
 
 
 def _clone_tree(tree: _AuthTree, opener: _Opener) -> _AuthTree:
@@ -633,7 +660,37 @@ def plan(image: CocoonFsImage, changes: Mapping[int, tuple[bytes, int] | None]) 
         if not 0 <= flags <= 0xFF:
             raise ValueError(f"inode flags {flags:#x}: only the low 8 bits are the application's")
         txn.write_file(inode, data, flags)
-    return txn.finish()
+    result = txn.finish()
+    if any(change is not None for change in changes.values()):
+        # A removal needs room too (a new index, staging copies, the journal): a write may
+        # not take the last of it, or the image could never shrink again.
+        index_blocks = sum(n for _, n in txn.index_nodes)
+        reserve = -(-index_blocks // txn.io_ab) + _REMOVAL_RESERVE_IO_BLOCKS
+        free = _free_io_blocks(txn.allocator.work, txn.io_ab)
+        if free < reserve:
+            raise DeviceFullError(
+                f"CocoonFs image full: the write would leave {free} free IO Blocks; "
+                f"{reserve} stay free so that files can still be removed"
+            )
+    return result
+
+
+def _free_io_blocks(alloc_map: bytearray, io_ab: int) -> int:
+    """IO Blocks whose Allocation Blocks are all free in a one-byte-per-block map."""
+    whole = memoryview(alloc_map)[: len(alloc_map) // io_ab * io_ab]
+    # One machine word per IO Block where one fits: counting zero words is counting free
+    # IO Blocks, at C speed.
+    if io_ab == 1:
+        return len(alloc_map) - sum(alloc_map)
+    if io_ab == 2:
+        return whole.cast("H").tolist().count(0)
+    if io_ab == 4:
+        return whole.cast("I").tolist().count(0)
+    if io_ab == 8:
+        return whole.cast("Q").tolist().count(0)
+    return sum(
+        1 for k in range(len(alloc_map) // io_ab) if not any(alloc_map[k * io_ab : (k + 1) * io_ab])
+    )
 
 
 def random_fill(length: int) -> bytes:
