@@ -47,12 +47,12 @@ COMBOS = [
 GEOMETRIES = {
     "default": [],
     "large": [
-        "--allocation-block-size", "256",
+        "--allocation-block-size", "256B",
         "--io-block-size", "4K",
         "--auth-tree-data-block-size", "1K",
         "--auth-tree-node-size", "8K",
-        "--inode-index-tree-leaf-node-size", "512",
-        "--inode-index-tree-internal-node-size", "256",
+        "--inode-index-tree-leaf-node-size", "512B",
+        "--inode-index-tree-internal-node-size", "256B",
         "--allocation-bitmap-file-block-size", "2K",
     ],
 }  # fmt: skip

@@ -30,7 +30,11 @@ Action = Callable[[Any, tuple[str, ...], str, str, Any], argparse.ArgumentParser
 
 
 def parse_size(text: str) -> int:
-    """`8M`, `1K`, `128B`, `4096`: bytes (binary units, as the Rust tool takes them)."""
+    """`8M`, `1K`, `128B`, `4096`: bytes (binary units, as the Rust tool takes them).
+
+    cocoonfs-cli 0.1.3 doubles a bare number (its help says the default unit is B): this
+    takes a bare number as bytes, so give a unit to get the same image from both.
+    """
     match = _SIZE.match(text)
     if not match:
         raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 512, 4K, 8M)")

@@ -25,6 +25,7 @@ from cvmstore._types import BlockIndex
 from cvmstore.block.protocol import BlockDevice
 from cvmstore.cocoonfs.auxmeta import read_mkfsinfo_aux_metadata
 from cvmstore.cocoonfs.image import (
+    FIRST_USER_INODE,
     CocoonFsImage,
     InodeEntry,
     _Opener,
@@ -44,8 +45,8 @@ from cvmstore.cocoonfs.keys import KeyPurpose, derive_root_key, derive_subkey
 from cvmstore.cocoonfs.layout import MKFSINFO_MAGIC, MkfsInfoHeader, MutableHeader, StaticHeader
 from cvmstore.cocoonfs.mkfs import MkfsOptions, format_layout, mkfs_image
 from cvmstore.cocoonfs.tree import Extent, TreeGeometry
-from cvmstore.cocoonfs.writer import Plan, plan
-from cvmstore.errors import DeviceFullError, FormatError, IntegrityError
+from cvmstore.cocoonfs.writer import MAX_INODE, Plan, plan
+from cvmstore.errors import DeviceFullError, FormatError, IntegrityError, PathNotFoundError
 
 __all__ = ["CocoonFsVolume"]
 
@@ -168,14 +169,15 @@ class CocoonFsVolume:
         self.commit({inode: (data, flags)})
 
     def remove_file(self, inode: int) -> None:
-        """Remove `inode` (one transaction); a missing inode changes nothing.
+        """Remove `inode` (one transaction).
 
         Raises:
-            PathNotFoundError: no such inode.
+            ValueError: a reserved inode (0-15).
+            PathNotFoundError: no such inode (nothing is written).
         """
+        if not FIRST_USER_INODE <= inode <= MAX_INODE:
+            raise ValueError(f"inode {inode} is reserved or out of range (16..2^64-1)")
         if self.image.entry(inode) is None:
-            from cvmstore.errors import PathNotFoundError
-
             raise PathNotFoundError(f"CocoonFs inode {inode} does not exist")
         self.commit({inode: None})
 
