@@ -259,7 +259,10 @@ def test_help_texts() -> None:
         "list-files", "read-file", "aux-fs-metadata", "info", "fsck",
     ):  # fmt: skip
         assert action in text
-    assert "aux-fs-metadata edit" in text  # named as not implemented
+    assert "growing the auxiliary metadata" in text  # named as not implemented
+    edit = ok(cvmstore("cocoonfs", "aux-fs-metadata", "edit", "--help")).stdout.decode()
+    for action in ("add-entry", "remove-entry", "set-extra-reserve-capacity", "-K HEX"):
+        assert action in edit
     assert "exit status" in text
     mkfs = ok(cvmstore("cocoonfs", "mkfs", "--help")).stdout.decode()
     for flag in ("-H", "-C", "-t BITS", "-I HEX", "-s SIZE", "--io-block-size", "-n"):
@@ -333,3 +336,38 @@ def test_mkfs_info_header_then_first_keyed_write_formats(
     source.write_bytes(b"first boot, ours")
     ok(cvmstore("cocoonfs", "-i", theirs, "write-file", "-K", KEY.hex(), "-i", source, "16"))
     assert cocoonfs_tool.read_file(theirs, 16) == b"first boot, ours"
+
+
+def test_aux_metadata_edits_without_the_key(cocoonfs_tool: Tool, tmp_path: Path) -> None:
+    """`aux-fs-metadata edit` with no key, as an operator rewrapping a KBS key would."""
+    image = tmp_path / "aux.img"
+    cocoonfs_tool.mkfs(image, "sha2", "aes", "128", "-s", "1M")
+    wrapped = "5f3c0a1e-8d2b-4c6a-9e7f-0123456789ab"
+    source = tmp_path / "wrapped"
+    source.write_bytes(b"wrapped for KBS 1")
+    ok(
+        cvmstore(
+            "cocoonfs", "-i", image, "aux-fs-metadata", "edit", "add-entry", "-i", source, wrapped
+        )
+    )
+    source.write_bytes(b"wrapped for KBS 2")
+    ok(cvmstore(
+        "cocoonfs", "-i", image, "aux-fs-metadata", "edit", "-K", KEY.hex(), "add-entry", "-i",
+        source, wrapped,
+    ))  # fmt: skip
+    ok(cvmstore("cocoonfs", "-i", image, "aux-fs-metadata", "edit", "remove-entry", wrapped, "0"))
+    assert cocoonfs_tool.run(image, "aux-fs-metadata", "list-entries").decode().split() == [wrapped]
+    assert (
+        cocoonfs_tool.run(image, "aux-fs-metadata", "read-entry", wrapped) == b"wrapped for KBS 2"
+    )
+    missing = cvmstore(
+        "cocoonfs", "-i", image, "aux-fs-metadata", "edit", "remove-entry", wrapped, "1"
+    )
+    assert missing.returncode == 21
+    before = image.read_bytes()
+    source.write_bytes(b"x" * 5000)
+    full = cvmstore(
+        "cocoonfs", "-i", image, "aux-fs-metadata", "edit", "add-entry", "-i", source, wrapped
+    )
+    assert full.returncode == 11, full.stderr
+    assert image.read_bytes() == before

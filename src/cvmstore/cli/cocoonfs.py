@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cvmstore.cli.cocoonfs_write import register_write
+from cvmstore.cli.cocoonfs_write import register_aux_edit, register_write
 from cvmstore.cli.usage import UsageError
 from cvmstore.cocoonfs.auxmeta import (
     AuxFsMetadata,
@@ -40,8 +40,8 @@ cannot tell them apart); 7 IntegrityError (the image was changed); 21 PathNotFou
 such inode or aux metadata entry)."""
 
 _GROUP_EPILOG = f"""\
-not yet: `aux-fs-metadata edit` (use the Rust `cocoonfs`); cvmstore's mkfs makes no
-auxiliary metadata area.
+not yet: growing the auxiliary metadata's update groups (an edit that does not fit their
+room); the Rust `cocoonfs` does it with the key.
 
 -f is accepted, so scripts move over unchanged, and does nothing (the image file is used in
 512-byte device blocks); -n keeps mkfs from filling free space with random bytes.
@@ -217,14 +217,15 @@ def register(commands: Any) -> None:  # noqa: ANN401 (argparse's subparsers type
         help="show auxiliary filesystem metadata (keyless, not authenticated)",
         description=textwrap.fill(
             "Show the auxiliary filesystem metadata of a formatted image or of a volume with "
-            "a filesystem creation info header. It is read without the key and is NOT "
-            "authenticated by the format. `edit` is not implemented here.",
+            "a filesystem creation info header. It is read and edited without the key and is "
+            "NOT authenticated by the format.",
             88,
         ),
         epilog=_EXIT,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     aux_actions = aux.add_subparsers(dest="aux_command", metavar="COMMAND", required=True)
+    register_aux_edit(aux_actions, _action, _uuid, _index)
     entries = _action(
         aux_actions,
         ("aux-fs-metadata", "list-entries"),

@@ -15,11 +15,13 @@ from typing import Any
 
 from cvmstore.block.file import FileDevice
 from cvmstore.cli.usage import UsageError
+from cvmstore.cocoonfs.auxmeta import AuxFsMetadata
+from cvmstore.cocoonfs.auxwrite import update_aux_offline
 from cvmstore.cocoonfs.mkfs import MkfsOptions, mkfs_info_header
 from cvmstore.cocoonfs.volume import CocoonFsVolume
-from cvmstore.errors import CvmstoreError, DeviceError
+from cvmstore.errors import CvmstoreError, DeviceError, PathNotFoundError
 
-__all__ = ["register_write"]
+__all__ = ["register_aux_edit", "register_write"]
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(I?B?)\s*$", re.IGNORECASE)
 _UNITS = {"": 0, "K": 10, "M": 20, "G": 30, "T": 40}
@@ -62,8 +64,9 @@ def _add_layout_options(parser: argparse.ArgumentParser) -> None:
         help="image size (default: the image file's size)",
     )  # fmt: skip
     parser.add_argument(
-        "--aux-fs-metadata-extra-reserve-capacity", metavar="disabled|SIZE", default="disabled",
-        help="only 'disabled' (or 0) here: cvmstore makes no auxiliary metadata area",
+        "--aux-fs-metadata-extra-reserve-capacity", metavar="disabled|SIZE", default="1K",
+        type=_reserve, help="room kept in the aux metadata for updates without the key; "
+        "'disabled' allows none (default: 1K)",
     )  # fmt: skip
     for flag, what in (
         ("--allocation-block-size", "Allocation Block size (default 128B)"),
@@ -89,11 +92,6 @@ def _options(args: argparse.Namespace, *, randomize: bool) -> MkfsOptions:
             raise UsageError("--salt: expected a hexadecimal string") from None
     if len(salt) > 255:
         raise UsageError(f"the salt is {len(salt)} bytes; at most 255")
-    if args.aux_fs_metadata_extra_reserve_capacity not in ("disabled", "0"):
-        raise UsageError(
-            "--aux-fs-metadata-extra-reserve-capacity: cvmstore makes no auxiliary metadata "
-            "area; pass 'disabled' (or make the image with the Rust tool)"
-        )
     return MkfsOptions(
         salt=salt,
         hash_family=args.hash_family,
@@ -107,6 +105,7 @@ def _options(args: argparse.Namespace, *, randomize: bool) -> MkfsOptions:
         index_internal_node_size=args.inode_index_tree_internal_node_size,
         bitmap_block_size=args.allocation_bitmap_file_block_size,
         randomize=randomize,
+        aux_extra_reserve=args.aux_fs_metadata_extra_reserve_capacity,
     )
 
 
@@ -222,6 +221,94 @@ def _remove_file(args: argparse.Namespace) -> int:
         except CvmstoreError as exc:
             raise _named(exc, args.image) from None
     return 0
+
+
+def _reserve(text: str) -> int | None:
+    """`disabled` or a size (section "Storage in a formatted filesystem")."""
+    return None if text == "disabled" else parse_size(text)
+
+
+def _aux_edit(args: argparse.Namespace) -> int:
+    from cvmstore.cli.cocoonfs import _key, _named, _read
+
+    if args.aux_edit == "add-entry":
+        data = (
+            sys.stdin.buffer.read()
+            if args.input_file is None
+            else _read(args.input_file, "the input file")
+        )
+    device = _device(args.image)
+    with device:
+        try:
+            if args.key is not None or args.key_file is not None:
+                CocoonFsVolume.open(device, _key(args))  # replays a journal, authenticates
+
+            def edit(current: AuxFsMetadata) -> AuxFsMetadata:
+                entries = list(current.entries)
+                reserve = current.extra_reserve_capacity
+                if args.aux_edit == "add-entry":
+                    entries.append((args.uuid, data))
+                elif args.aux_edit == "remove-entry":
+                    matching = [i for i, (tag, _) in enumerate(entries) if tag == args.uuid]
+                    if args.index >= len(matching):
+                        raise PathNotFoundError(
+                            f"no aux metadata entry {args.uuid} with index {args.index}"
+                        )
+                    del entries[matching[args.index]]
+                else:
+                    reserve = args.capacity
+                return AuxFsMetadata(tuple(entries), reserve)
+
+            update_aux_offline(device, edit)
+        except CvmstoreError as exc:
+            raise _named(exc, args.image) from None
+    return 0
+
+
+def register_aux_edit(
+    aux_actions: Any,  # noqa: ANN401 (argparse's subparsers type is private)
+    action: Action,
+    inode_uuid: Callable[[str], Any],
+    index: Callable[[str], int],
+) -> None:
+    """Add `aux-fs-metadata edit add-entry|remove-entry|set-extra-reserve-capacity`."""
+    edit = aux_actions.add_parser(
+        "edit",
+        help="edit the auxiliary filesystem metadata (no key needed)",
+        description="Edit the auxiliary metadata in place, without the key: the update goes "
+        "through the two update groups so a crash leaves the old or the new metadata. It "
+        "must fit the room the groups have (the extra reserve capacity); growing them needs "
+        "the key and the Rust tool. With -k/-K the image is opened (and a pending journal "
+        "replayed) first.",
+    )
+    key = edit.add_mutually_exclusive_group()
+    key.add_argument("-k", "--key-file", metavar="FILE", help="file containing the key")
+    key.add_argument("-K", "--key", metavar="HEX", help="the key as hex")
+    edit.add_argument("-n", "--no-randomize-unallocated", action="store_true", help="no effect")
+    edits = edit.add_subparsers(dest="aux_edit", metavar="COMMAND", required=True)
+    add = action(
+        edits, ("aux-fs-metadata", "edit", "add-entry"), "add an entry",
+        "Add an entry with UUID, its data from --input-file or standard input.", _aux_edit,
+    )  # fmt: skip
+    add.add_argument("-i", "--input-file", metavar="FILE", help="data (default: stdin)")
+    add.add_argument("uuid", metavar="UUID", type=inode_uuid, help="UUID of the entry to add")
+    remove = action(
+        edits, ("aux-fs-metadata", "edit", "remove-entry"), "remove an entry",
+        "Remove the INDEX-th entry with UUID (exit 21 if there is none).", _aux_edit,
+    )  # fmt: skip
+    remove.add_argument("uuid", metavar="UUID", type=inode_uuid, help="UUID of the entry")
+    remove.add_argument(
+        "index", metavar="INDEX", nargs="?", type=index, default=0,
+        help="selection index among the entries with this UUID (default: 0)",
+    )  # fmt: skip
+    reserve = action(
+        edits, ("aux-fs-metadata", "edit", "set-extra-reserve-capacity"),
+        "change the extra reserve capacity recorded for offline updates",
+        "Record a new extra reserve capacity ('disabled' or a size). The groups' room "
+        "changes only when they are reallocated, which needs the key and the Rust tool.",
+        _aux_edit,
+    )  # fmt: skip
+    reserve.add_argument("capacity", metavar="disabled|SIZE", type=_reserve)
 
 
 def _flags(text: str) -> int:

@@ -39,7 +39,13 @@ from cvmstore.cocoonfs.layout import (
 )
 from cvmstore.errors import FormatError
 
-__all__ = ["AuxFsMetadata", "read_formatted_aux_metadata", "read_mkfsinfo_aux_metadata"]
+__all__ = [
+    "AuxFsMetadata",
+    "AuxGroup",
+    "read_formatted_aux_metadata",
+    "read_mkfsinfo_aux_metadata",
+    "walk_aux_groups",
+]
 
 _RECORD_HEAD = struct.Struct("<16sI")
 _STATE_INACTIVE = 0
@@ -83,6 +89,19 @@ class AuxFsMetadata:
                 raise FormatError("CocoonFs aux metadata: entries out of UUID order")
             entries.append((uuid.UUID(bytes=tag), data))
 
+    def encode(self) -> bytes:
+        """The payload: records in UUID order (stable for equal UUIDs), then termination."""
+        out = bytearray()
+        for tag, data in sorted(self.entries, key=lambda entry: entry[0].bytes):
+            out += _RECORD_HEAD.pack(tag.bytes, len(data)) + data
+        if self.extra_reserve_capacity is None:
+            return bytes(out + _RECORD_HEAD.pack(bytes(16), 0))
+        return bytes(
+            out
+            + _RECORD_HEAD.pack(bytes(16), 8)
+            + self.extra_reserve_capacity.to_bytes(8, "little")
+        )
+
     def get(self, tag: uuid.UUID, index: int = 0) -> bytes | None:
         """The `index`-th entry with UUID `tag`, or None."""
         found = [data for t, data in self.entries if t == tag]
@@ -117,6 +136,112 @@ def read_mkfsinfo_aux_metadata(volume: bytes) -> AuxFsMetadata | None:
     return AuxFsMetadata.decode(blob[CHECKSUM_LEN:payload_end])
 
 
+Extent = tuple[int, int]
+
+
+@dataclass
+class AuxGroup:
+    """One update group: its extents from the head on, the head's state, and each part.
+
+    A part is an extent's share of the payload, None for a torn extent.
+    """
+
+    extents: list[Extent]
+    state: int | None
+    parts: list[bytes | None]
+
+    @property
+    def active(self) -> bool:
+        """Whether the group holds coherent metadata (state 1 or 2, nothing torn)."""
+        return self.state in _ACTIVE_STATES and None not in self.parts
+
+
+def _links(raw: bytes, offset: int) -> tuple[Extent, Extent] | None:
+    """The next and next-but-one pointers, readable whenever tier 0 is intact."""
+    if len(raw) < 128 or 0 in raw[:128]:
+        return None
+    mask = raw[offset + CHECKSUM_LEN]
+    links = [decode_extent_ptr(bytes(b ^ mask for b in raw[i : i + 8])) for i in (0, 8)]
+    if links[0] is None or links[1] is None or links[0][2] or links[1][2]:
+        return None
+    return links[0][:2], links[1][:2]
+
+
+def walk_aux_groups(data: bytes, layout: ImageLayout, heads: tuple[bytes, bytes]) -> list[AuxGroup]:
+    """The update groups of the circular extents list, group 0 first ([] when there is none).
+
+    Section "Storage in a formatted filesystem". At most one extent may be torn; the walk
+    steps over it with the previous extent's next-but-one pointer, and starts at group 1's
+    head when group 0's own head is the torn one.
+
+    Raises:
+        FormatError: group 1 without group 0, a list that cannot be followed or never closes.
+    """
+    pointers = [decode_extent_ptr(p) for p in heads]
+    if pointers[0] is None:
+        if pointers[1] is not None:
+            raise FormatError("CocoonFs aux metadata: group 1 without group 0")
+        return []
+    head_extents = [ptr[:2] for ptr in pointers if ptr is not None]
+    head_starts = [h[0] for h in head_extents]
+    shift = layout.allocation_block_size_log2
+
+    def raw_of(extent: Extent) -> bytes:
+        begin, end = extent[0] << shift, (extent[0] + extent[1]) << shift
+        if end > len(data) or end - begin < layout.io_block_size:
+            raise FormatError("CocoonFs aux metadata extent out of range or too short")
+        return data[begin:end]
+
+    start = head_extents[0]
+    if _links(raw_of(start), 17) is None and len(head_extents) > 1:
+        start = head_extents[1]
+    found: list[Extent] = []
+    current: Extent = start
+    next_but_one: Extent | None = None
+    while True:
+        if len(found) > _MAX_EXTENTS:
+            raise FormatError("CocoonFs aux metadata: the list does not close")
+        found.append(current)
+        links = _links(raw_of(current), 17 if current[0] in head_starts else 16)
+        if links is None:
+            if next_but_one is None:
+                raise FormatError("CocoonFs aux metadata: the list cannot be followed")
+            current, next_but_one = next_but_one, None
+        else:
+            current, next_but_one = links
+        if current[0] == start[0]:
+            break
+        if any(current[0] == f[0] for f in found):
+            raise FormatError("CocoonFs aux metadata: the list loops outside its heads")
+    # Rotate so group 0's head comes first, then cut at each head.
+    at = (
+        [f[0] for f in found].index(head_starts[0])
+        if head_starts[0] in [f[0] for f in found]
+        else -1
+    )
+    if at < 0:
+        raise FormatError("CocoonFs aux metadata: group 0's head is not on the list")
+    found = found[at:] + found[:at]
+    groups: list[AuxGroup] = []
+    for extent in found:
+        is_head = extent[0] in head_starts
+        if is_head:
+            groups.append(AuxGroup([], None, []))
+        group = groups[-1]
+        group.extents.append(extent)
+        read = _read_extent(data, layout, extent, is_head)
+        if read is None:
+            group.parts.append(None)
+            continue
+        _, _, state, payload = read
+        if is_head:
+            group.state = state
+        group.parts.append(payload)
+    if len(groups) != len(head_starts):
+        raise FormatError("CocoonFs aux metadata: a group head is not on the list")
+    return groups
+
+
 def _read_extent(
     image: bytes, layout: ImageLayout, extent: tuple[int, int], is_head: bool
 ) -> tuple[tuple[int, int], tuple[int, int], int | None, bytes] | None:
@@ -140,8 +265,8 @@ def _read_extent(
 def read_formatted_aux_metadata(image: bytes) -> AuxFsMetadata | None:
     """The effective metadata of a formatted image; None if it has none.
 
-    Needs no key. A pending journal's own pointer pair is not consulted (journal replay is
-    not implemented), so this reads the metadata of the last applied transaction.
+    Needs no key. Read it after a pending journal was replayed (`CocoonFsVolume.open`); a
+    pending journal's own pointer pair is not consulted.
 
     Raises:
         NotAnImageError, UnsupportedVersionError, FormatError: as for the headers, or no
@@ -151,43 +276,14 @@ def read_formatted_aux_metadata(image: bytes) -> AuxFsMetadata | None:
     layout = static.layout
     at = static.encoded_len
     mutable = MutableHeader.decode(image[at : at + MutableHeader.encoded_len(layout)], layout)
-    heads = [decode_extent_ptr(p) for p in mutable.aux_fs_metadata_heads]
-    if heads[0] is None:
-        if heads[1] is not None:
-            raise FormatError("CocoonFs aux metadata: group 1 without group 0")
+    groups = walk_aux_groups(image, layout, mutable.aux_fs_metadata_heads)
+    if not groups:
         return None
-    head_starts = [h[0] for h in heads if h is not None]
-    # Walk the circle once from head 0, splitting it into the update groups.
-    groups: list[list[bytes | None]] = [[] for _ in head_starts]
-    states: list[int | None] = [None] * len(head_starts)
-    current = heads[0][:2]
-    next_but_one: tuple[int, int] | None = None
-    group = 0
-    for _ in range(_MAX_EXTENTS):
-        is_head = current[0] in head_starts
-        if is_head:
-            group = head_starts.index(current[0])
-        read = _read_extent(image, layout, current, is_head)
-        if read is None:
-            groups[group].append(None)
-            if next_but_one is None:
-                raise FormatError("CocoonFs aux metadata: the list cannot be followed")
-            current, next_but_one = next_but_one, None
-        else:
-            nxt, next_but_one, state, payload = read
-            if is_head:
-                states[group] = state
-            groups[group].append(payload)
-            current = nxt
-        if current[0] == head_starts[0]:
-            break
-    else:
-        raise FormatError("CocoonFs aux metadata: the list does not close")
-    for number, parts in enumerate(groups):
-        if states[number] in _ACTIVE_STATES:
-            if any(part is None for part in parts):
-                raise FormatError(f"CocoonFs aux metadata: active group {number} is torn")
-            return AuxFsMetadata.decode(b"".join(p for p in parts if p is not None))
-        if states[number] not in (None, _STATE_INACTIVE):
+    for number, group in enumerate(groups):
+        if group.active:
+            return AuxFsMetadata.decode(b"".join(p for p in group.parts if p is not None))
+        if group.state in _ACTIVE_STATES:
+            raise FormatError(f"CocoonFs aux metadata: active group {number} is torn")
+        if group.state not in (None, _STATE_INACTIVE):
             raise FormatError(f"CocoonFs aux metadata: group {number} in unknown state")
     raise FormatError("CocoonFs aux metadata: no active update group")

@@ -37,6 +37,7 @@ from typing import Any
 from cryptography.hazmat.primitives import constant_time
 from cryptography.hazmat.primitives.ciphers import Cipher, modes
 
+from cvmstore.cocoonfs.auxmeta import walk_aux_groups
 from cvmstore.cocoonfs.keys import (
     InodeKeySubdomain,
     KeyPurpose,
@@ -46,7 +47,6 @@ from cvmstore.cocoonfs.keys import (
     hmac_digest,
 )
 from cvmstore.cocoonfs.layout import (
-    CHECKSUM_LEN,
     CIPHER_BLOCK_LEN,
     FORMAT_VERSION,
     MAGIC,
@@ -694,39 +694,9 @@ class _Opener:
         self.data = bytes(patched)
 
     def _aux_extents(self, mutable: MutableHeader) -> list[Extent]:
-        """All auxiliary metadata extents: the circular list from update group 0's head.
-
-        Section "Storage in a formatted filesystem".
-        """
-        heads = [decode_extent_ptr(p) for p in mutable.aux_fs_metadata_heads]
-        if heads[0] is None:
-            if heads[1] is not None:
-                raise FormatError("CocoonFs aux metadata: group 1 without group 0")
-            return []
-        head_starts = {h[0] for h in heads if h is not None}
-        found: list[Extent] = []
-        current: Extent = (heads[0][0], heads[0][1])
-        next_but_one: Extent | None = None
-        while True:
-            if any(current[0] == f[0] for f in found):
-                break
-            if len(found) > 4096:
-                raise FormatError("CocoonFs aux metadata: list does not close")
-            found.append(current)
-            raw = _extent_bytes(self.data, self.layout, current)
-            offset = 17 if current[0] in head_starts else 16
-            links = None
-            if len(raw) >= 128 and 0 not in raw[:128]:
-                mask = raw[offset + CHECKSUM_LEN]
-                links = [decode_extent_ptr(bytes(b ^ mask for b in raw[i : i + 8])) for i in (0, 8)]
-            if links is None or links[0] is None or links[1] is None:
-                # A torn extent: the previous extent's second link skips it.
-                if next_but_one is None:
-                    raise FormatError("CocoonFs aux metadata: unreadable list")
-                current, next_but_one = next_but_one, None
-                continue
-            current, next_but_one = links[0][:2], links[1][:2]
-        return found
+        """All auxiliary metadata extents (section "Storage in a formatted filesystem")."""
+        groups = walk_aux_groups(self.data, self.layout, mutable.aux_fs_metadata_heads)
+        return [extent for group in groups for extent in group.extents]
 
     def _read_bitmap(self, extents: list[Extent]) -> bytes:
         """The decrypted allocation bitmap (section "Allocation bitmap")."""

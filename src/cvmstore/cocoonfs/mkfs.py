@@ -16,10 +16,20 @@ from __future__ import annotations
 
 import os
 import struct
+import uuid
 from dataclasses import dataclass
 
 from cvmstore._types import BlockIndex
 from cvmstore.block.protocol import BlockDevice
+from cvmstore.cocoonfs.auxmeta import AuxFsMetadata
+from cvmstore.cocoonfs.auxwrite import (
+    STATE_ACTIVE,
+    aux_group_sizes,
+    circle_links,
+    encode_aux_extent,
+    encode_mkfsinfo_aux_blob,
+    split_payload,
+)
 from cvmstore.cocoonfs.entities import chained_capacity, encrypt_block, encrypt_chained
 from cvmstore.cocoonfs.image import (
     InodeEntry,
@@ -87,6 +97,11 @@ class MkfsOptions:
     index_internal_node_size: int | None = None
     bitmap_block_size: int | None = None
     randomize: bool = True
+    #: Extra payload room in each aux metadata update group, for keyless updates; None
+    #: disables them (no update group 1), as the tool's `disabled`.
+    aux_extra_reserve: int | None = 1024
+    #: Initial auxiliary metadata entries (UUID, data), e.g. a KBS-wrapped key.
+    aux_entries: tuple[tuple[uuid.UUID, bytes], ...] = ()
 
 
 def _log2(value: int, what: str) -> int:
@@ -149,14 +164,22 @@ def layout_for(options: MkfsOptions) -> ImageLayout:
     return ImageLayout.decode(layout.encode())  # the decoder's checks, once
 
 
-def mkfs_info_header(options: MkfsOptions, image_size: int, aux_metadata_len: int = 0) -> bytes:
-    """The keyless `CCFSMKFS` header for a volume of `image_size` bytes."""
+def mkfs_info_header(options: MkfsOptions, image_size: int) -> bytes:
+    """The keyless `CCFSMKFS` header for a volume of `image_size` bytes.
+
+    With aux metadata (entries, or an extra reserve capacity) the checksummed blob follows
+    the header, as the first keyed open will place it in the formatted image.
+    """
     layout = layout_for(options)
     blocks = image_size >> layout.allocation_block_size_log2
     blocks -= blocks % (1 << layout.io_block_allocation_blocks_log2)
     if blocks <= 0:
         raise ValueError("the image is smaller than one IO Block")
-    return MkfsInfoHeader(layout, aux_metadata_len, blocks, options.salt).encode()
+    payload = b""
+    if options.aux_entries or options.aux_extra_reserve is not None:
+        payload = AuxFsMetadata(options.aux_entries, options.aux_extra_reserve).encode()
+    header = MkfsInfoHeader(layout, len(payload), blocks, options.salt).encode()
+    return header + (encode_mkfsinfo_aux_blob(layout, payload) if payload else b"")
 
 
 def _tree_extent(layout: ImageLayout, start: int, image_size: int) -> Extent:
@@ -201,6 +224,7 @@ def mkfs_image(
         options.salt,
         randomize=options.randomize,
         image_size=image_size,
+        aux=AuxFsMetadata(options.aux_entries, options.aux_extra_reserve),
     )
 
 
@@ -212,8 +236,13 @@ def format_layout(
     *,
     randomize: bool = True,
     image_size: int | None = None,
+    aux: AuxFsMetadata | None = None,
 ) -> bytes:
-    """Format `device` with an explicit layout (as a `CCFSMKFS` header gives it)."""
+    """Format `device` with an explicit layout (as a `CCFSMKFS` header gives it).
+
+    `aux` is the initial auxiliary metadata: its extra reserve capacity decides whether an
+    update group 1 exists; none (or no entries and no reserve) makes no aux area.
+    """
     shift = layout.allocation_block_size_log2
     io_ab = 1 << layout.io_block_allocation_blocks_log2
     total = image_size if image_size is not None else device.block_count * device.block_size
@@ -230,6 +259,20 @@ def format_layout(
         layout.io_block_allocation_blocks_log2,
         layout.auth_tree_data_block_allocation_blocks_log2,
     )
+    # Auxiliary metadata update groups: group 0, and group 1 when keyless updates may
+    # happen (an extra reserve capacity is set).
+    aux_groups: list[list[Extent]] = []
+    aux_payload = b""
+    if aux is not None and (aux.entries or aux.extra_reserve_capacity is not None):
+        aux_payload = aux.encode()
+        reserve = aux.extra_reserve_capacity or 0
+        for _ in range(1 if aux.extra_reserve_capacity is None else 2):
+            group: list[Extent] = []
+            for size in aux_group_sizes(layout, len(aux_payload), reserve):
+                group.append((cursor, size))
+                cursor += size
+            aux_groups.append(group)
+    aux_extents = [extent for group in aux_groups for extent in group]
     bitmap_block = layout.allocation_bitmap_file_block_size
     words_per_block = (bitmap_block - 16) // 8
     words = -(-blocks // 64)
@@ -263,8 +306,25 @@ def format_layout(
         tree_chain,
         bitmap_chain,
         (leaf_at, leaf_ab),
+        *aux_extents,
     ]:
         alloc[start : start + length] = b"\x01" * length
+
+    aux_heads = (NIL_PTR, NIL_PTR)
+    if aux_groups:
+        ring = [extent for group in aux_groups for extent in group]
+        links = dict(zip(ring, circle_links(ring), strict=True))
+        for group in aux_groups:
+            parts = split_payload(layout, group, aux_payload)
+            for i, (extent, part) in enumerate(zip(group, parts, strict=True)):
+                raw = encode_aux_extent(
+                    layout, extent, links[extent], STATE_ACTIVE if i == 0 else None, part
+                )
+                data[extent[0] << shift : (extent[0] << shift) + len(raw)] = raw
+        aux_heads = (
+            encode_extent_ptr(*aux_groups[0][0]),
+            encode_extent_ptr(*aux_groups[1][0]) if len(aux_groups) > 1 else NIL_PTR,
+        )
 
     def chain_ptr(inode: int, extents: list[Extent], chain: Extent) -> bytes:
         if len(extents) == 1 and extents[0][1] <= 64:
@@ -315,7 +375,7 @@ def format_layout(
     shim.root_key = root_key
     shim.header_end = header_end
     shim.image_size = blocks
-    nodes = geometry.build(data_block_digests(shim, geometry, bits, [head]))
+    nodes = geometry.build(data_block_digests(shim, geometry, bits, [head, *aux_extents]))
     for node in range(geometry.node_count):
         at = geometry.node_byte_offset(node)
         data[at : at + layout.auth_tree_node_size] = bytes(layout.auth_tree_node_size)
@@ -343,9 +403,7 @@ def format_layout(
     root = root_hmac_digest(
         layout, root_key_mac, nodes[0], geometry.root_position(), encrypted_counter, context
     )
-    mutable = MutableHeader(
-        (NIL_PTR, NIL_PTR), root, encrypted_counter, preauth, leaf_ptr, leaf_at, blocks
-    )
+    mutable = MutableHeader(aux_heads, root, encrypted_counter, preauth, leaf_ptr, leaf_at, blocks)
     header = static.encode() + mutable.encode()
     data[: len(header)] = header
 

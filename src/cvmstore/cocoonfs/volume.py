@@ -132,14 +132,9 @@ class CocoonFsVolume:
         """
         info = MkfsInfoHeader.decode(view)
         aux = read_mkfsinfo_aux_metadata(view)
-        if aux is not None and aux.entries:
-            raise FormatError(
-                "CocoonFs mkfs info header carries auxiliary metadata; cvmstore cannot place "
-                "it in a formatted image yet (format it with the Rust tool)"
-            )
         if info.image_size > len(view):
             raise FormatError("CocoonFs mkfs info header: the volume is smaller than the image")
-        format_layout(device, key, info.layout, info.salt, image_size=info.image_size)
+        format_layout(device, key, info.layout, info.salt, image_size=info.image_size, aux=aux)
         return cls.open(device, key)
 
     # -- reading ----------------------------------------------------------------------------
