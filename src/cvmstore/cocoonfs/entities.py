@@ -21,7 +21,13 @@ from cvmstore.cocoonfs.layout import (
 )
 from cvmstore.cocoonfs.tree import AuthSubject, Extent
 
-__all__ = ["chained_capacity", "encrypt_block", "encrypt_chained", "encrypt_extents"]
+__all__ = [
+    "chained_capacity",
+    "chained_tag",
+    "encrypt_block",
+    "encrypt_chained",
+    "encrypt_extents",
+]
 
 _U64 = struct.Struct("<Q")
 _IV_LEN = CIPHER_BLOCK_LEN
@@ -78,6 +84,27 @@ def chained_capacity(
     return length_bytes - _chained_offsets(layout, tag_len, header_len, first) - 8
 
 
+def chained_tag(
+    layout: ImageLayout, key: bytes, body: bytes, iv: bytes, aad: bytes, *, first: bool
+) -> bytes:
+    """An inline HMAC of "Encrypted chained extents".
+
+    `body` is the extent as stored with its tag replaced (zeros for the first extent, the
+    previous tag for a continuation); `iv` is the extent's CBC IV (only continuations bind
+    it, the first extent's is in `body`).
+    """
+    return hmac_digest(
+        layout.preauth_cca_protection_hmac_hash_alg,
+        key,
+        body,
+        b"" if first else iv,
+        aad,
+        _U64.pack(len(aad)),
+        struct.pack(">HH", layout.block_cipher_alg, layout.block_cipher_key_bits),
+        bytes([0 if first else 1, 0, AuthSubject.ENCRYPTION_ENTITY_CHAINED_EXTENTS]),
+    )
+
+
 def encrypt_chained(
     layout: ImageLayout,
     enc_key: bytes,
@@ -97,9 +124,7 @@ def encrypt_chained(
         ValueError: the payload does not fit (the caller allocates enough).
     """
     shift = layout.allocation_block_size_log2
-    tag_alg = layout.preauth_cca_protection_hmac_hash_alg
-    tag_len = tag_alg.digest_len if auth else 0
-    cipher_id = struct.pack(">HH", layout.block_cipher_alg, layout.block_cipher_key_bits)
+    tag_len = layout.preauth_cca_protection_hmac_hash_alg.digest_len if auth else 0
     iv = os.urandom(_IV_LEN)
     remaining = payload
     out: list[bytes] = []
@@ -130,16 +155,7 @@ def encrypt_chained(
             hmac_key, aad = auth
             at = len(header) if first else 0
             body[at : at + tag_len] = prev_tag
-            tag = hmac_digest(
-                tag_alg,
-                hmac_key,
-                bytes(body),
-                b"" if first else iv,
-                aad,
-                _U64.pack(len(aad)),
-                cipher_id,
-                bytes([0 if first else 1, 0, AuthSubject.ENCRYPTION_ENTITY_CHAINED_EXTENTS]),
-            )
+            tag = chained_tag(layout, hmac_key, bytes(body), iv, aad, first=first)
             body[at : at + tag_len] = tag
             prev_tag = tag
         iv = ciphertext[-CIPHER_BLOCK_LEN:]

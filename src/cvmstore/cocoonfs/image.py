@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives import constant_time
 from cryptography.hazmat.primitives.ciphers import Cipher, modes
 
 from cvmstore.cocoonfs.auxmeta import walk_aux_groups
+from cvmstore.cocoonfs.entities import chained_tag
 from cvmstore.cocoonfs.keys import (
     InodeKeySubdomain,
     KeyPurpose,
@@ -60,7 +61,13 @@ from cvmstore.cocoonfs.layout import (
     remove_extent_integrity,
 )
 from cvmstore.cocoonfs.tree import AuthSubject, Extent, TreeGeometry
-from cvmstore.errors import FormatError, IntegrityError, PathNotFoundError, WrongKeyError
+from cvmstore.errors import (
+    CvmstoreError,
+    FormatError,
+    IntegrityError,
+    PathNotFoundError,
+    WrongKeyError,
+)
 
 __all__ = ["CocoonFsImage", "InodeEntry", "SpecialInode"]
 
@@ -205,6 +212,20 @@ def encode_extents_list(extents: list[Extent]) -> bytes:
         out += _encode_sleb128(delta) + _encode_uleb128(length)
         last_end = start + length
     return bytes(out + b"\x00\x00")
+
+
+def entry_leaf_hmac(layout: ImageLayout, key: bytes, leaf_raw: bytes) -> bytes:
+    """The pre-authentication HMAC of the encrypted inode index entry leaf.
+
+    Section "Inode index entry leaf node preauthentication CCA protection digest".
+    """
+    return hmac_digest(
+        layout.preauth_cca_protection_hmac_hash_alg,
+        key,
+        leaf_raw,
+        struct.pack(">HH", layout.block_cipher_alg, layout.block_cipher_key_bits),
+        bytes([0, _AuthSubject.INODE_INDEX_NODE]),
+    )
 
 
 def journal_head_extent(layout: ImageLayout, header_end: int) -> Extent:
@@ -411,21 +432,24 @@ def _read_chained_extents(
     auth: tuple[bytes, bytes] | None,
     visited: list[Extent] | None = None,
     check: Callable[[Extent], None] | None = None,
+    *,
+    head: tuple[bytes, int] | None = None,
+    head_error: type[CvmstoreError] = IntegrityError,
 ) -> bytes:
-    """Decrypt an encrypted chained extents entity that has no plaintext header.
+    """Decrypt an encrypted chained extents entity (section "Encrypted chained extents").
 
-    Section "Encrypted chained extents"; `auth` is (HMAC key, associated data) for the inline
-    authenticated variant.
+    `auth` is (HMAC key, associated data) for the inline authenticated variant. `head` is
+    (the first extent as restored from its integrity protection, its plaintext header's
+    length) for an entity with a plaintext header (the journal log); `head_error` is raised
+    when the first extent's tag fails. `check` sees each extent before it is decrypted.
 
     Raises:
-        IntegrityError: an inline HMAC does not match.
+        IntegrityError: an inline HMAC does not match (`head_error` for the first extent).
         FormatError: a malformed chain or padding.
     """
-    tag_alg = layout.preauth_cca_protection_hmac_hash_alg
-    tag_len = tag_alg.digest_len if auth else 0
+    tag_len = layout.preauth_cca_protection_hmac_hash_alg.digest_len if auth else 0
     iv = b""
     prev_tag = bytes(tag_len)
-    cipher_id = struct.pack(">HH", layout.block_cipher_alg, layout.block_cipher_key_bits)
     chunks: list[bytes] = []
     current: Extent | None = first
     seen: set[int] = set()
@@ -438,31 +462,22 @@ def _read_chained_extents(
             visited.append(current)
         if check is not None:
             check(current)
-        raw = _extent_bytes(data, layout, current)
-        # The first extent holds [tag] IV; a continuation extent holds [tag] (the inline
-        # authenticated variant stores the tag before the IV).
-        pos = tag_len + (_IV_LEN if is_first else 0)
+        header_len = head[1] if is_first and head else 0
+        raw = head[0] if is_first and head else _extent_bytes(data, layout, current)
+        # The first extent holds [header] [tag] IV; a continuation extent holds [tag] (the
+        # inline authenticated variant stores the tag before the IV).
+        at = header_len + tag_len
         if is_first:
-            iv = raw[tag_len:pos]
+            iv = raw[at : at + _IV_LEN]
         if auth:
-            hmac_key, aad = auth
-            tag = raw[:tag_len]
-            expect = hmac_digest(
-                tag_alg,
-                hmac_key,
-                prev_tag,
-                raw[tag_len:],
-                b"" if is_first else iv,
-                aad,
-                _U64.pack(len(aad)),
-                cipher_id,
-                bytes([0 if is_first else 1, 0, _AuthSubject.ENCRYPTION_ENTITY_CHAINED_EXTENTS]),
-            )
+            tag = raw[header_len:at]
+            body = raw[:header_len] + prev_tag + raw[at:]
+            expect = chained_tag(layout, auth[0], body, iv, auth[1], first=is_first)
             if not constant_time.bytes_eq(tag, expect):
-                raise IntegrityError("CocoonFs chained extents: inline HMAC mismatch")
+                error = head_error if is_first else IntegrityError
+                raise error("CocoonFs chained extents: inline HMAC mismatch")
             prev_tag = tag
-        pos = align_up(pos, CIPHER_BLOCK_LEN)
-        ciphertext = raw[pos:]
+        ciphertext = raw[align_up(at + (_IV_LEN if is_first else 0), CIPHER_BLOCK_LEN) :]
         if len(ciphertext) < CIPHER_BLOCK_LEN or len(ciphertext) % CIPHER_BLOCK_LEN:
             raise FormatError("CocoonFs chained extents: extent too short")
         plain = _cbc_decrypt(layout.block_cipher_alg, enc_key, iv, ciphertext)
@@ -590,17 +605,14 @@ class _Opener:
         leaf_raw = data[leaf_at : leaf_at + leaf_size]
         if len(leaf_raw) != leaf_size:
             raise FormatError("CocoonFs inode index entry leaf beyond the image")
-        cipher_id = struct.pack(">HH", layout.block_cipher_alg, layout.block_cipher_key_bits)
-        expect = hmac_digest(
-            layout.preauth_cca_protection_hmac_hash_alg,
+        expect = entry_leaf_hmac(
+            layout,
             self.subkey(
                 KeyPurpose.PREAUTH_CCA_PROTECTION_AUTH,
                 SpecialInode.INDEX_ROOT,
                 InodeKeySubdomain.DATA,
             ),
             leaf_raw,
-            cipher_id,
-            bytes([0, _AuthSubject.INODE_INDEX_NODE]),
         )
         if not constant_time.bytes_eq(expect, mutable.entry_leaf_preauth_hmac):
             raise WrongKeyError("CocoonFs: the inode index entry leaf does not authenticate")

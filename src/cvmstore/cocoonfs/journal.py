@@ -32,8 +32,8 @@ from cvmstore.cocoonfs.image import (
     _encode_sleb128,
     _encode_uleb128,
     _extent_bytes,
+    _read_chained_extents,
     _sleb128,
-    _strip_padding,
     _uleb128,
     decode_extents_list,
     encode_extents_list,
@@ -49,7 +49,6 @@ from cvmstore.cocoonfs.layout import (
     CIPHER_BLOCK_LEN,
     ImageLayout,
     apply_extent_integrity,
-    decode_extent_ptr,
     remove_extent_integrity,
 )
 from cvmstore.cocoonfs.tree import AuthSubject, Extent
@@ -214,75 +213,24 @@ def decode_journal(
     header_len = _head_header_len(layout)
     aux = (restored[header_len - 16 : header_len - 8], restored[header_len - 8 : header_len])
     enc_key, mac_key = _keys(root_key, layout)
-    aad = layout.encode() + bytes([0, 1])
-    payload = _read_log(data, layout, restored, head, enc_key, mac_key, aad, header_len)
-    return _decode_payload(payload, layout, root_key, aux)
-
-
-def _read_log(
-    data: bytes,
-    layout: ImageLayout,
-    head_raw: bytes,
-    head: Extent,
-    enc_key: bytes,
-    mac_key: bytes,
-    aad: bytes,
-    header_len: int,
-) -> bytes:
-    tag_alg = layout.preauth_cca_protection_hmac_hash_alg
-    tag_len = tag_alg.digest_len
-    cipher_id = struct.pack(">HH", layout.block_cipher_alg, layout.block_cipher_key_bits)
     io_ab = 1 << layout.io_block_allocation_blocks_log2
-    chunks: list[bytes] = []
-    prev_tag = bytes(tag_len)
-    iv = b""
-    current: Extent | None = head
-    seen: set[int] = set()
-    while current is not None:
-        first = not seen
-        if current[0] in seen or len(seen) > len(data) // layout.allocation_block_size:
-            raise FormatError("CocoonFs journal log: the chain loops")
-        seen.add(current[0])
-        if first:
-            raw = head_raw
-            at = header_len
-        else:
-            if current[0] % io_ab or (current[0] + current[1]) % io_ab:
-                raise FormatError("CocoonFs journal log: tail extent not IO Block aligned")
-            raw = _extent_bytes(data, layout, current)
-            at = 0
-        tag = raw[at : at + tag_len]
-        body = bytearray(raw)
-        body[at : at + tag_len] = prev_tag
-        if first:
-            iv = raw[at + tag_len : at + tag_len + _IV_LEN]
-        expect = hmac_digest(
-            tag_alg,
-            mac_key,
-            bytes(body),
-            b"" if first else iv,
-            aad,
-            _U64.pack(len(aad)),
-            cipher_id,
-            bytes([0 if first else 1, 0, AuthSubject.ENCRYPTION_ENTITY_CHAINED_EXTENTS]),
-        )
-        if not constant_time.bytes_eq(tag, expect):
-            if first:
-                raise WrongKeyError("CocoonFs journal log head does not authenticate")
-            raise IntegrityError("CocoonFs journal log: a tail extent does not authenticate")
-        prev_tag = tag
-        ct_len = (len(raw) - at - tag_len - (_IV_LEN if first else 0)) // CIPHER_BLOCK_LEN
-        ciphertext = raw[len(raw) - ct_len * CIPHER_BLOCK_LEN :]
-        if not ciphertext:
-            raise FormatError("CocoonFs journal log: extent too short")
-        plain = _cbc_decrypt(layout.block_cipher_alg, enc_key, iv, ciphertext)
-        iv = ciphertext[-CIPHER_BLOCK_LEN:]
-        nxt = decode_extent_ptr(plain[:8])
-        if nxt is not None and nxt[2]:
-            raise FormatError("CocoonFs journal log: indirect link")
-        current = None if nxt is None else (nxt[0], nxt[1])
-        chunks.append(plain[8:])
-    return _strip_padding(b"".join(chunks), "journal log")
+
+    def aligned_tail(extent: Extent) -> None:
+        if extent != head and (extent[0] % io_ab or (extent[0] + extent[1]) % io_ab):
+            raise FormatError("CocoonFs journal log: tail extent not IO Block aligned")
+
+    payload = _read_chained_extents(
+        data,
+        layout,
+        head,
+        enc_key,
+        (mac_key, layout.encode() + bytes([0, 1])),
+        None,
+        aligned_tail,
+        head=(restored, header_len),
+        head_error=WrongKeyError,
+    )
+    return _decode_payload(payload, layout, root_key, aux)
 
 
 def _decode_payload(

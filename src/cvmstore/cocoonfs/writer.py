@@ -43,10 +43,11 @@ from cvmstore.cocoonfs.image import (
     counted_blocks,
     encode_extents_list,
     encrypt_counter,
+    entry_leaf_hmac,
     image_context_digest,
     root_hmac_digest,
 )
-from cvmstore.cocoonfs.keys import InodeKeySubdomain, KeyPurpose, hmac_digest
+from cvmstore.cocoonfs.keys import InodeKeySubdomain, KeyPurpose
 from cvmstore.cocoonfs.layout import (
     CIPHER_BLOCK_LEN,
     NIL_PTR,
@@ -56,7 +57,7 @@ from cvmstore.cocoonfs.layout import (
     encode_block_ptr,
     encode_extent_ptr,
 )
-from cvmstore.cocoonfs.tree import AuthSubject, Extent
+from cvmstore.cocoonfs.tree import Extent
 from cvmstore.errors import DeviceFullError
 
 __all__ = ["Plan", "plan"]
@@ -418,16 +419,14 @@ class _Txn:
         leaf_ptr = encode_block_ptr(entry_leaf)
         leaf_at = entry_leaf << self.shift
         leaf_raw = bytes(self.new[leaf_at : leaf_at + layout.index_leaf_node_size])
-        preauth = hmac_digest(
-            layout.preauth_cca_protection_hmac_hash_alg,
+        preauth = entry_leaf_hmac(
+            layout,
             self.subkey(
                 KeyPurpose.PREAUTH_CCA_PROTECTION_AUTH,
                 SpecialInode.INDEX_ROOT,
                 InodeKeySubdomain.DATA,
             ),
             leaf_raw,
-            struct.pack(">HH", layout.block_cipher_alg, layout.block_cipher_key_bits),
-            bytes([0, AuthSubject.INODE_INDEX_NODE]),
         )
         root_key = opened.tree.root_hmac_key
         context = image_context_digest(
