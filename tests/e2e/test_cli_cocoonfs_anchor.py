@@ -213,7 +213,8 @@ def test_help_lists_the_anchors_and_exit_codes(capsys: pytest.CaptureFixture[str
 def test_kbs_ledger(
     cocoonfs_tool: Tool, image: Path, run: Run, guest: Guest, tmp_path: Path
 ) -> None:
-    kbs = ["--anchor", "kbs", "--kbs", guest.live.url, "--kbs-key", guest.live.thumbprint]
+    # `=` keeps a thumbprint that starts with "-" (base64url) from reading as an option.
+    kbs = ["--anchor", "kbs", "--kbs", guest.live.url, f"--kbs-key={guest.live.thumbprint}"]
     kbs += ["--volume", "vm1", "--evidence", "simulator", "--simulator-root", str(guest.root)]
     kbs += ["--measurement", MEASUREMENT, "--retries", "0", "-K", KEY.hex()]
     old = copy(image, "old.img")

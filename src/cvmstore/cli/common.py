@@ -281,7 +281,7 @@ def add_kbs_options(
         metavar="THUMBPRINT",
         help="the thumbprint of the KBS's signing key, as `cvmstore kbs admin token-key` "
         f"prints it (default: ${KBS_KEY_ENV}); an answer signed by another key is refused "
-        "(exit 45)",
+        "(exit 45). A thumbprint may start with '-': write --kbs-key=THUMBPRINT",
     )
     pin.add_argument(
         "--insecure-no-pin",
