@@ -186,6 +186,15 @@ def update_aux_offline(
             "CocoonFs aux metadata: offline updates are disabled (no update group 1; the "
             "extra reserve capacity was 'disabled' at mkfs)"
         )
+    align = 1 << max(
+        layout.io_block_allocation_blocks_log2,
+        layout.auth_tree_data_block_allocation_blocks_log2,
+    )
+    size = len(data) >> layout.allocation_block_size_log2
+    for group in groups:
+        for start, length in group.extents:
+            if start % align or length % align or start + length > size:
+                raise FormatError("CocoonFs aux metadata extent not aligned or beyond the image")
     effective = next((g for g in groups if g.active), None)
     if effective is None:
         raise FormatError("CocoonFs aux metadata: no active update group")
@@ -193,29 +202,40 @@ def update_aux_offline(
     updated = edit(current)
     old_payload, new_payload = current.encode(), updated.encode()
     group0, group1 = groups
-    old_parts = split_payload(layout, group1.extents, old_payload)
-    new_parts = split_payload(layout, group0.extents, new_payload)
-    links = dict(
-        zip(
-            [*group0.extents, *group1.extents],
-            circle_links([*group0.extents, *group1.extents]),
-            strict=True,
-        )
-    )
+    planned = {
+        id(group1): split_payload(layout, group1.extents, old_payload),
+        id(group0): split_payload(layout, group0.extents, new_payload),
+    }
+    ring = [*group0.extents, *group1.extents]
+    links = dict(zip(ring, circle_links(ring), strict=True))
     shift = layout.allocation_block_size_log2
 
     def write(extent: Extent, state: int | None, part: bytes) -> None:
         raw = encode_aux_extent(layout, extent, links[extent], state, part)
         _fail_safe_write(device, extent[0] << shift, raw)
 
+    # 0: a torn extent (a crash during an earlier edit) is repaired before any other write
+    # may tear a second one; it is never in the effective group.
+    for group in groups:
+        for k, (extent, part) in enumerate(zip(group.extents, group.parts, strict=True)):
+            if part is not None:
+                continue
+            if k and group.state not in (None, STATE_INACTIVE):
+                raise FormatError(
+                    "CocoonFs aux metadata: a torn extent in a group marked active; repair "
+                    "it with the key holder's tool"
+                )
+            write(extent, STATE_INACTIVE if k == 0 else None, planned[id(group)][k])
+            if k == 0:
+                group.state = STATE_INACTIVE
     if effective is group0:
         # 1-2: group 1 takes the current metadata (group 0 stays effective meanwhile).
         if group1.state not in (None, STATE_INACTIVE):
-            write(group1.extents[0], STATE_INACTIVE, old_parts[0])
-        _write_group(write, group1, old_parts)
+            write(group1.extents[0], STATE_INACTIVE, planned[id(group1)][0])
+        _write_group(write, group1, planned[id(group1)])
     # 3-4: group 0 out of use, refilled, back in use.
-    write(group0.extents[0], STATE_INACTIVE, new_parts[0])
-    _write_group(write, group0, new_parts)
+    write(group0.extents[0], STATE_INACTIVE, planned[id(group0)][0])
+    _write_group(write, group0, planned[id(group0)])
     return updated
 
 

@@ -666,6 +666,7 @@ class _Opener:
             tree.check_blocks(b for start, n in bitmap_extents for b in range(start, start + n))
         bitmap = self.bitmap = self._read_bitmap(bitmap_extents)
         self.alloc_map = alloc_map_of(bitmap, self.image_size)
+        self._check_aux_extents()
         if not self.lazy:
             tree.verify_all(bitmap, self.skipped)
 
@@ -704,6 +705,23 @@ class _Opener:
             at = geometry.node_byte_offset(node)
             patched[at : at + len(entries)] = entries
         self.data = bytes(patched)
+
+    def _check_aux_extents(self) -> None:
+        """Every aux metadata extent must be aligned and allocated in the authentic bitmap.
+
+        The list is not authenticated, yet it decides which blocks the digests skip: this
+        keeps the host from declaring free (soon live) space skipped.
+        """
+        layout = self.layout
+        align = 1 << max(
+            layout.io_block_allocation_blocks_log2,
+            layout.auth_tree_data_block_allocation_blocks_log2,
+        )
+        for start, length in self.aux_extents:
+            if start % align or length % align or start + length > self.image_size:
+                raise FormatError("CocoonFs aux metadata extent not aligned or beyond the image")
+            if not all(self.alloc_map[start : start + length]):
+                raise FormatError("CocoonFs aux metadata extent is not allocated in the bitmap")
 
     def _aux_extents(self, mutable: MutableHeader) -> list[Extent]:
         """All auxiliary metadata extents (section "Storage in a formatted filesystem")."""

@@ -389,6 +389,10 @@ class _Txn:
         counted = counted_blocks(opened, new_bits, skipped)
         changed = sorted({i for b in self.touched if (i := geometry.data_index(b)) is not None})
         tree = opened.tree
+        # A changed data block's new digest covers its untouched Allocation Blocks too: they
+        # must be authentic before they are sealed into the new root (a lazy open has not
+        # read them), so each changed block is checked against the current tree first.
+        tree.check_blocks(geometry.data_block_start(index) for index in changed)
         digests = _Overlay(tree.leaf_digest)
         data_key = self.subkey(KeyPurpose.AUTH_DATA, SpecialInode.AUTH_TREE, 0)
         per_block = 1 << geometry.a
