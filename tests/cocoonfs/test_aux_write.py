@@ -174,3 +174,30 @@ def test_keyless_edit_at_every_crash_point(cocoonfs_tool: Tool, tmp_path: Path) 
         check=False,
     )
     assert result.stdout == b"file"
+
+
+def test_online_mkfs_at_every_crash_point(cocoonfs_tool: Tool, tmp_path: Path) -> None:
+    """A first keyed open that formats a `CCFSMKFS` volume, interrupted anywhere: the next
+    open (ours or the tool's) finds the header or its backup, or the finished image, and
+    always ends with the header's metadata in a working image."""
+    entries = ((WRAPPED, b"wrapped"),)
+    header = mkfs_info_header(MkfsOptions(salt=b"on", aux_entries=entries), 1 << 20)
+    volume_bytes = header.ljust(1 << 20, b"\0")
+    crash = CrashDevice(MemoryDevice.from_image(volume_bytes, BLOCK))
+    CocoonFsVolume.open(crash, KEY).write_file(16, b"first boot")
+    copy = tmp_path / "state.img"
+    states = 0
+    for point in crash.crash_points():
+        for state in point.states(bound=4):
+            states += 1
+            image = state.image()
+            device = MemoryDevice.from_image(image, BLOCK)
+            volume = CocoonFsVolume.open(device, KEY)  # formats again if it must
+            assert _ours(device.image()) == list(entries), state.describe()
+            files = {e.inode for e in volume.list_files()}
+            assert files <= {16}, state.describe()
+            copy.write_bytes(image)
+            cocoonfs_tool.write_file(copy, 17, b"tool")  # the tool copes with the same state
+            assert cocoonfs_tool.read_file(copy, 17) == b"tool", state.describe()
+    print(f"{states} crash states of an online mkfs")
+    assert states > 20

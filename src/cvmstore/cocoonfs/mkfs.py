@@ -66,7 +66,14 @@ from cvmstore.cocoonfs.tree import AuthSubject, Extent, TreeGeometry, levels_for
 from cvmstore.cocoonfs.writer import _leaf_payload
 from cvmstore.errors import DeviceFullError
 
-__all__ = ["MkfsOptions", "format_layout", "layout_for", "mkfs_image", "mkfs_info_header"]
+__all__ = [
+    "MkfsOptions",
+    "format_layout",
+    "layout_for",
+    "mkfs_image",
+    "mkfs_info_header",
+    "mkfsinfo_backup_offset",
+]
 
 _HASHES = {
     ("sha2", 128): HashAlg.SHA256,
@@ -182,6 +189,20 @@ def mkfs_info_header(options: MkfsOptions, image_size: int) -> bytes:
     return header + (encode_mkfsinfo_aux_blob(layout, payload) if payload else b"")
 
 
+def mkfsinfo_backup_offset(volume_size: int) -> int | None:
+    """Where the backup `CCFSMKFS` header goes (section "Filesystem creation info header").
+
+    At the start of the last of at least 16 units of the largest power of two that allows
+    it (at least 512 B); None for a volume under 8 KiB, which cannot have one.
+    """
+    unit = 512
+    if volume_size < 16 * unit:
+        return None
+    while 16 * unit * 2 <= volume_size:
+        unit *= 2
+    return (volume_size // unit - 1) * unit
+
+
 def _tree_extent(layout: ImageLayout, start: int, image_size: int) -> Extent:
     """The smallest aligned tree extent at `start` that covers the rest of the image."""
     align = 1 << max(
@@ -237,11 +258,13 @@ def format_layout(
     randomize: bool = True,
     image_size: int | None = None,
     aux: AuxFsMetadata | None = None,
+    keep: tuple[int, bytes] | None = None,
 ) -> bytes:
     """Format `device` with an explicit layout (as a `CCFSMKFS` header gives it).
 
     `aux` is the initial auxiliary metadata: its extra reserve capacity decides whether an
-    update group 1 exists; none (or no entries and no reserve) makes no aux area.
+    update group 1 exists; none (or no entries and no reserve) makes no aux area. `keep` is
+    (byte offset, bytes) left as they are, in free space (the `CCFSMKFS` backup copy).
     """
     shift = layout.allocation_block_size_log2
     io_ab = 1 << layout.io_block_allocation_blocks_log2
@@ -407,9 +430,17 @@ def format_layout(
     header = static.encode() + mutable.encode()
     data[: len(header)] = header
 
-    # Everything but the headers first, then the headers: a crash leaves no valid image.
+    if keep is not None:
+        at, kept = keep
+        first, last = at >> shift, (at + len(kept) - 1) >> shift
+        if last >= blocks or any(alloc[first : last + 1]):
+            raise DeviceFullError("CocoonFs mkfs: the metadata would overwrite the header backup")
+        data[at : at + len(kept)] = kept
+
+    # Everything but the static header first, then the static header alone: until it is
+    # complete no valid image exists (and an online mkfs restarts from its backup).
     bs = device.block_size
-    first_blocks = -(-(header_end << shift) // bs)
+    first_blocks = -(-static.encoded_len // bs)
     if len(data) % bs:
         raise ValueError(f"the image size is not a multiple of the device block size {bs}")
     device.write(BlockIndex(first_blocks), bytes(data[first_blocks * bs :]))

@@ -42,11 +42,23 @@ from cvmstore.cocoonfs.journal import (
     undisguise,
 )
 from cvmstore.cocoonfs.keys import KeyPurpose, derive_root_key, derive_subkey
-from cvmstore.cocoonfs.layout import MKFSINFO_MAGIC, MkfsInfoHeader, MutableHeader, StaticHeader
-from cvmstore.cocoonfs.mkfs import MkfsOptions, format_layout, mkfs_image
+from cvmstore.cocoonfs.layout import (
+    CHECKSUM_LEN,
+    MKFSINFO_MAGIC,
+    MkfsInfoHeader,
+    MutableHeader,
+    StaticHeader,
+    align_up,
+)
+from cvmstore.cocoonfs.mkfs import MkfsOptions, format_layout, mkfs_image, mkfsinfo_backup_offset
 from cvmstore.cocoonfs.tree import Extent, TreeGeometry
 from cvmstore.cocoonfs.writer import MAX_INODE, Plan, plan
-from cvmstore.errors import DeviceFullError, FormatError, IntegrityError, PathNotFoundError
+from cvmstore.errors import (
+    DeviceFullError,
+    FormatError,
+    IntegrityError,
+    PathNotFoundError,
+)
 
 __all__ = ["CocoonFsVolume"]
 
@@ -102,8 +114,9 @@ class CocoonFsVolume:
         """
         raw = device.read(BlockIndex(0), device.block_count)
         view = bytearray(raw)
-        if raw[: len(MKFSINFO_MAGIC)] == MKFSINFO_MAGIC:
-            return cls._format_from_info(device, key, raw)
+        pending_mkfs = _online_mkfs_source(raw)
+        if pending_mkfs is not None:
+            return cls._format_from_info(device, key, pending_mkfs)
         replayed = replay(raw, key)
         if replayed is None:
             opener = _Opener(raw, key, lazy=not verify_all)
@@ -127,14 +140,42 @@ class CocoonFsVolume:
     def _format_from_info(cls, device: BlockDevice, key: bytes, view: bytes) -> CocoonFsVolume:
         """Online mkfs: format as the keyless `CCFSMKFS` header says, on the first keyed open.
 
-        Section "Filesystem creation info header".
-        The header is not authenticated; whoever supplies the key vouches for the volume.
+        Section "Filesystem creation info header". The header (and its aux metadata blob) is
+        first copied to the backup place near the volume's end, so a crash while the regular
+        headers replace it leaves the backup, from which the next open starts again; the
+        backup is invalidated once the image is in place. The header is not authenticated:
+        whoever supplies the key vouches for the volume.
         """
         info = MkfsInfoHeader.decode(view)
         aux = read_mkfsinfo_aux_metadata(view)
         if info.image_size > len(view):
             raise FormatError("CocoonFs mkfs info header: the volume is smaller than the image")
-        format_layout(device, key, info.layout, info.salt, image_size=info.image_size, aux=aux)
+        layout = info.layout
+        header = view[: info.encoded_len]
+        blob_len = (
+            align_up(CHECKSUM_LEN + info.aux_fs_metadata_len, layout.io_block_size)
+            if info.aux_fs_metadata_len
+            else 0
+        )
+        blob = view[info.encoded_len : info.encoded_len + blob_len]
+        backup = mkfsinfo_backup_offset(len(view))
+        keep = None
+        if backup is not None and backup >= blob_len and backup + len(header) <= len(view):
+            if view[backup - blob_len : backup + len(header)] != blob + header:
+                _write_backup(device, backup, blob, header)
+            keep = (backup - blob_len, blob + header)
+            # From here the start is no valid header of either kind until the new one is
+            # complete: every reader (the Rust tool too) then turns to the backup, rather
+            # than to a start header whose blob the new image is overwriting.
+            device.write(BlockIndex(0), bytes(device.block_size))
+            device.flush()
+        format_layout(
+            device, key, layout, info.salt, image_size=info.image_size, aux=aux, keep=keep
+        )
+        if backup is not None and keep is not None:
+            bs = device.block_size
+            device.write(BlockIndex(backup // bs), bytes(bs))  # the backup has done its job
+            device.flush()
         return cls.open(device, key)
 
     # -- reading ----------------------------------------------------------------------------
@@ -365,3 +406,66 @@ def _check_bitmap_digests(
             raise FormatError("CocoonFs journal: a bitmap digest inside the auth tree")
         if geometry.data_digest(key, data, index, [True] * per) != digest:
             raise IntegrityError("CocoonFs journal: a bitmap block does not match its digest")
+
+
+def _write_backup(device: BlockDevice, offset: int, blob: bytes, header: bytes) -> None:
+    """The backup `CCFSMKFS` copy: header invalidated, blob, then header (fail-safe)."""
+    bs = device.block_size
+    if offset % bs or len(blob) % bs or len(header) % bs:
+        raise FormatError("CocoonFs mkfs info header: backup place not in whole device blocks")
+    first = BlockIndex(offset // bs)
+    device.write(first, bytes(bs))
+    device.flush()
+    if blob:
+        device.write(BlockIndex((offset - len(blob)) // bs), blob)
+        device.flush()
+    if len(header) > bs:
+        device.write(BlockIndex(first + 1), header[bs:])
+        device.flush()
+    device.write(first, header[:bs])
+    device.flush()
+
+
+def _online_mkfs_source(raw: bytes) -> bytes | None:
+    """The volume an online mkfs should start (or restart) from, or None.
+
+    A `CCFSMKFS` header with its aux metadata intact at the start; else, when the start
+    holds no valid regular header (online mkfs was interrupted and overwrote the start), a
+    valid backup copy, put back at the start of the returned bytes.
+    """
+    if raw[: len(MKFSINFO_MAGIC)] == MKFSINFO_MAGIC:
+        try:
+            MkfsInfoHeader.decode(raw)
+            read_mkfsinfo_aux_metadata(raw)
+        except FormatError:
+            return _from_backup(raw)
+        return raw
+    try:
+        StaticHeader.decode(raw)
+    except FormatError:  # no regular header (NotAnImageError too), or a torn one
+        return _from_backup(raw)
+    return None
+
+
+def _from_backup(raw: bytes) -> bytes | None:
+    """`raw` with the backup `CCFSMKFS` header and blob at the start, if the backup is valid."""
+    backup = mkfsinfo_backup_offset(len(raw))
+    if backup is None:
+        return None
+    try:
+        info = MkfsInfoHeader.decode(raw[backup:])
+    except FormatError:
+        return None
+    blob_len = (
+        align_up(CHECKSUM_LEN + info.aux_fs_metadata_len, info.layout.io_block_size)
+        if info.aux_fs_metadata_len
+        else 0
+    )
+    header = raw[backup : backup + info.encoded_len]
+    blob = raw[backup - blob_len : backup]
+    rebuilt = header + blob + raw[len(header) + len(blob) :]
+    try:
+        read_mkfsinfo_aux_metadata(rebuilt)
+    except FormatError:
+        return None
+    return rebuilt
