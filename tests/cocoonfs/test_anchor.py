@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from cvmstore._types import BlockIndex
+from cvmstore.block.memory import MemoryDevice
 from cvmstore.cocoonfs.anchor import (
     MAX_GENERATION,
     AnchorStatus,
@@ -29,11 +31,14 @@ from cvmstore.cocoonfs.anchor import (
     volume_id_for_salt,
 )
 from cvmstore.cocoonfs.image import CocoonFsImage
+from cvmstore.cocoonfs.mkfs import MkfsOptions
+from cvmstore.cocoonfs.volume import CocoonFsVolume
 from cvmstore.errors import AnchorError, ForkError, RollbackError
 from cvmstore.integrity.anchor import AnchorState, FileAnchor, MemoryAnchor, NoAnchor
 from cvmstore.kbs.admin import AdminClient
 from cvmstore.kbs.anchor import KbsAnchor
 from cvmstore.kbs.client import KbsClient
+from cvmstore.testing.crash import CrashDevice
 from tests.cocoonfs.conftest import KEY, Tool
 from tests.guest.test_boot import config
 from tests.guest.test_boot import kbs as kbs  # the fixture: a live KBS with volume "vtpm"
@@ -446,3 +451,32 @@ def test_image_version_reads_the_authenticated_fields(image: Path) -> None:
     assert image_version(state) == ImageVersion(
         SALT, state.update_counter, state.mutable_header.root_hmac
     )
+
+
+def test_a_volume_with_an_anchor_refuses_an_old_journal_and_advances(tmp_path: Path) -> None:
+    """`CocoonFsVolume(anchor=...)`: every commit advances the anchor; a copy restored from
+    before the last commit is refused at open, and so is an old pending journal (the host
+    keeps a crashed transaction's image and replays it later), before anything is written."""
+    anchor = FileAnchor(tmp_path / "state.anchor")
+    device = MemoryDevice(2048, 512)
+    volume = CocoonFsVolume.mkfs(device, KEY, MkfsOptions(salt=b"an"), anchor=anchor)
+    volume.write_file(16, b"one")
+    old_copy = device.image()
+    crash = CrashDevice(MemoryDevice.from_image(device.image(), 512))
+    CocoonFsVolume.open(crash, KEY, anchor=anchor).write_file(16, b"two")
+    # The state right after the journal head committed "two": a pending journal.
+    pending = None
+    for point in crash.crash_points():
+        image = next(iter(point.states(bound=1))).image()
+        if b"CCFSJRNL" in image[:4096]:
+            pending = image
+            break
+    assert pending is not None
+    latest = crash.read(BlockIndex(0), crash.block_count)
+    volume = CocoonFsVolume.open(MemoryDevice.from_image(latest, 512), KEY, anchor=anchor)
+    volume.write_file(16, b"three")
+    for stale in (old_copy, pending):
+        device = MemoryDevice.from_image(stale, 512)
+        with pytest.raises(RollbackError):
+            CocoonFsVolume.open(device, KEY, anchor=anchor)
+        assert device.image() == stale  # nothing written, not even the replay

@@ -23,6 +23,7 @@ from collections.abc import Iterator, Mapping
 
 from cvmstore._types import BlockIndex
 from cvmstore.block.protocol import BlockDevice
+from cvmstore.cocoonfs.anchor import check_anchored, check_and_advance
 from cvmstore.cocoonfs.auxmeta import read_mkfsinfo_aux_metadata
 from cvmstore.cocoonfs.image import (
     FIRST_USER_INODE,
@@ -59,6 +60,7 @@ from cvmstore.errors import (
     IntegrityError,
     PathNotFoundError,
 )
+from cvmstore.integrity.anchor import Anchor
 
 __all__ = ["CocoonFsVolume"]
 
@@ -94,18 +96,38 @@ class _Disk:
 class CocoonFsVolume:
     """A CocoonFs image on a `BlockDevice`, authenticated and writable."""
 
-    def __init__(self, device: BlockDevice, image: CocoonFsImage, view: bytearray) -> None:
+    def __init__(
+        self,
+        device: BlockDevice,
+        image: CocoonFsImage,
+        view: bytearray,
+        anchor: Anchor | None = None,
+    ) -> None:
         self.device = device
         self.image = image
         self._disk = _Disk(device, view)
+        #: Where the update counter and root are kept against rollback (None: nowhere).
+        self.anchor = anchor
 
     @classmethod
-    def open(cls, device: BlockDevice, key: bytes, *, verify_all: bool = False) -> CocoonFsVolume:
+    def open(
+        cls,
+        device: BlockDevice,
+        key: bytes,
+        *,
+        verify_all: bool = False,
+        anchor: Anchor | None = None,
+    ) -> CocoonFsVolume:
         """Open and authenticate the image on `device`, replaying a pending journal first.
 
         The headers, the root, the bitmap and the inode index are authenticated here; each
         file's blocks when it is read or replaced. `verify_all` checks every data block and
         tree node before returning (what `fsck` does).
+
+        With an `anchor` (`FileAnchor`, `KbsAnchor`, ...), the image's update counter and
+        root are compared with it before anything is written (a pending journal is replayed
+        only if its result is not older than the anchor), recorded or advanced after the
+        open, and advanced after every commit (`cvmstore.cocoonfs.anchor`).
 
         Raises:
             NotAnImageError, UnsupportedVersionError, FormatError, WrongKeyError,
@@ -116,28 +138,47 @@ class CocoonFsVolume:
         view = bytearray(raw)
         pending_mkfs = _online_mkfs_source(raw)
         if pending_mkfs is not None:
-            return cls._format_from_info(device, key, pending_mkfs)
+            return cls._format_from_info(device, key, pending_mkfs, anchor)
         replayed = replay(raw, key)
         if replayed is None:
             opener = _Opener(raw, key, lazy=not verify_all)
-            return cls(device, opener.run(CocoonFsImage), view)
+            volume = cls(device, opener.run(CocoonFsImage), view, anchor)
+            volume._anchor_state()
+            return volume
         image, head = replayed
-        volume = cls(device, image, view)
+        if anchor is not None:
+            check_anchored(image, anchor)  # an old journal must not roll the image back
+        volume = cls(device, image, view, anchor)
         disk = volume._disk
         _write_changed(disk, image.data)
         disk.barrier()
         volume._end_journal(head)
         volume._sync_image()
+        volume._anchor_state()
         return volume
 
     @classmethod
-    def mkfs(cls, device: BlockDevice, key: bytes, options: MkfsOptions) -> CocoonFsVolume:
+    def mkfs(
+        cls,
+        device: BlockDevice,
+        key: bytes,
+        options: MkfsOptions,
+        *,
+        anchor: Anchor | None = None,
+    ) -> CocoonFsVolume:
         """Format the whole of `device` and open the result (which authenticates it)."""
         mkfs_image(device, key, options)
-        return cls.open(device, key)
+        return cls.open(device, key, anchor=anchor)
+
+    def _anchor_state(self) -> None:
+        """Record or advance the anchor to the current state (refusing an older one)."""
+        if self.anchor is not None:
+            check_and_advance(self.image, self.anchor)
 
     @classmethod
-    def _format_from_info(cls, device: BlockDevice, key: bytes, view: bytes) -> CocoonFsVolume:
+    def _format_from_info(
+        cls, device: BlockDevice, key: bytes, view: bytes, anchor: Anchor | None
+    ) -> CocoonFsVolume:
         """Online mkfs: format as the keyless `CCFSMKFS` header says, on the first keyed open.
 
         Section "Filesystem creation info header". The header (and its aux metadata blob) is
@@ -176,7 +217,7 @@ class CocoonFsVolume:
             bs = device.block_size
             device.write(BlockIndex(backup // bs), bytes(bs))  # the backup has done its job
             device.flush()
-        return cls.open(device, key)
+        return cls.open(device, key, anchor=anchor)
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -274,6 +315,7 @@ class CocoonFsVolume:
         self.image = p.image
         self._end_journal(head)
         self._sync_image()
+        self._anchor_state()
 
     def _end_journal(self, head: Extent) -> None:
         """Zero the head's first IO Block: the journal is done (fail-safe protocol step 1)."""
