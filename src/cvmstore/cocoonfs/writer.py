@@ -20,7 +20,6 @@ A transaction (any number of file writes and removals) is built completely in me
 
 from __future__ import annotations
 
-import os
 import struct
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -508,11 +507,13 @@ class _Txn:
         )
 
     def _bitmap_fragment_digests(
-        self, geometry: object, changed: list[int], digests: _Overlay
+        self, geometry: TreeGeometry, changed: list[int], digests: _Overlay
     ) -> list[tuple[int, bytes]]:
-        from cvmstore.cocoonfs.tree import TreeGeometry
+        """The digests of every bitmap data block replay reads (journal field 3).
 
-        assert isinstance(geometry, TreeGeometry)
+        Replay rebuilds each touched leaf whole, so it needs the bitmap blocks tracking all
+        of each touched leaf's data range, not only the blocks that changed.
+        """
         layout = self.layout
         leaf_span = geometry.span(0)
         leaves = sorted({i // leaf_span for i in changed})
@@ -694,8 +695,3 @@ def _free_io_blocks(alloc_map: bytearray, io_ab: int) -> int:
     return sum(
         1 for k in range(len(alloc_map) // io_ab) if not any(alloc_map[k * io_ab : (k + 1) * io_ab])
     )
-
-
-def random_fill(length: int) -> bytes:
-    """Random bytes for unallocated space (hides what is allocated in a data-at-rest copy)."""
-    return os.urandom(length)
