@@ -56,7 +56,7 @@ from cvmstore.cocoonfs.layout import (
     encode_block_ptr,
     encode_extent_ptr,
 )
-from cvmstore.cocoonfs.tree import Extent
+from cvmstore.cocoonfs.tree import Extent, TreeGeometry
 from cvmstore.errors import DeviceFullError
 
 __all__ = ["Plan", "plan"]
