@@ -201,3 +201,43 @@ def test_online_mkfs_at_every_crash_point(cocoonfs_tool: Tool, tmp_path: Path) -
             assert cocoonfs_tool.read_file(copy, 17) == b"tool", state.describe()
     print(f"{states} crash states of an online mkfs")
     assert states > 20
+
+
+def test_keyed_edit_grows_the_groups_and_survives_every_crash(
+    cocoonfs_tool: Tool, tmp_path: Path
+) -> None:
+    """With the key, metadata larger than the groups' room goes into groups allocated anew,
+    in one journaled transaction; every crash point opens old or new in both tools."""
+    base = tmp_path / "base.img"
+    cocoonfs_tool.mkfs(base, "sha2", "aes", "128", "-s", "1M")
+    cocoonfs_tool.write_file(base, 16, b"file")
+    old_entries = _ours(base.read_bytes())
+    big = AuxFsMetadata(((WRAPPED, b"w" * 6000), (OTHER, b"o")), 2048)
+    with pytest.raises(DeviceFullError):
+        update_aux_offline(MemoryDevice.from_image(base.read_bytes(), BLOCK), lambda _: big)
+    crash = CrashDevice(MemoryDevice.from_image(base.read_bytes(), BLOCK))
+    CocoonFsVolume.open(crash, KEY).set_aux_metadata(big)
+    new_entries = list(big.entries)
+    new_entries.sort(key=lambda e: e[0].bytes)
+    copy = tmp_path / "state.img"
+    states = 0
+    for point in crash.crash_points():
+        for state in point.states(bound=4):
+            states += 1
+            device = MemoryDevice.from_image(state.image(), BLOCK)
+            volume = CocoonFsVolume.open(device, KEY)  # replays a committed journal
+            ours = _ours(device.image())
+            assert ours in (old_entries, new_entries), state.describe()
+            assert volume.read_file(16) == b"file"
+            copy.write_bytes(state.image())
+            assert cocoonfs_tool.read_file(copy, 16) == b"file"  # the tool replays too
+            assert _tool_entries(cocoonfs_tool, copy) == ours, state.describe()
+    print(f"{states} crash states of a keyed aux reallocation")
+    final = tmp_path / "final.img"
+    final.write_bytes(crash.read(BlockIndex(0), crash.block_count))
+    assert _tool_entries(cocoonfs_tool, final) == new_entries
+    # The new groups keep the reserve: a keyless edit now fits.
+    device = MemoryDevice.from_image(final.read_bytes(), BLOCK)
+    update_aux_offline(device, _add(OTHER, b"later"))
+    final.write_bytes(device.image())
+    assert (OTHER, b"later") in _tool_entries(cocoonfs_tool, final)

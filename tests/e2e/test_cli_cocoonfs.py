@@ -259,7 +259,7 @@ def test_help_texts() -> None:
         "list-files", "read-file", "aux-fs-metadata", "info", "fsck",
     ):  # fmt: skip
         assert action in text
-    assert "growing the auxiliary metadata" in text  # named as not implemented
+    assert "staging copy disguise" in text  # named as not implemented
     edit = ok(cvmstore("cocoonfs", "aux-fs-metadata", "edit", "--help")).stdout.decode()
     for action in ("add-entry", "remove-entry", "set-extra-reserve-capacity", "-K HEX"):
         assert action in edit
@@ -371,3 +371,18 @@ def test_aux_metadata_edits_without_the_key(cocoonfs_tool: Tool, tmp_path: Path)
     )
     assert full.returncode == 11, full.stderr
     assert image.read_bytes() == before
+    # With the key the groups are allocated anew, as large as needed.
+    ok(cvmstore(
+        "cocoonfs", "-i", image, "aux-fs-metadata", "edit", "-k", key_file(tmp_path), "add-entry",
+        "-i", source, wrapped,
+    ))  # fmt: skip
+    entries = cocoonfs_tool.run(image, "aux-fs-metadata", "list-entries").decode().split()
+    assert entries == [wrapped, wrapped]
+    assert cocoonfs_tool.run(image, "aux-fs-metadata", "read-entry", wrapped, "1") == b"x" * 5000
+
+
+def key_file(directory: Path) -> Path:
+    """The test key in a file (the -k form)."""
+    path = directory / "key.bin"
+    path.write_bytes(KEY)
+    return path

@@ -40,8 +40,7 @@ cannot tell them apart); 7 IntegrityError (the image was changed); 21 PathNotFou
 such inode or aux metadata entry)."""
 
 _GROUP_EPILOG = f"""\
-not yet: growing the auxiliary metadata's update groups (an edit that does not fit their
-room); the Rust `cocoonfs` does it with the key.
+not yet: the staging copy disguise and trim commands when writing (both optional).
 
 -f is accepted, so scripts move over unchanged, and does nothing (the image file is used in
 512-byte device blocks); -n keeps mkfs from filling free space with random bytes.

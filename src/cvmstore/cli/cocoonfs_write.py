@@ -15,11 +15,11 @@ from typing import Any
 
 from cvmstore.block.file import FileDevice
 from cvmstore.cli.usage import UsageError
-from cvmstore.cocoonfs.auxmeta import AuxFsMetadata
+from cvmstore.cocoonfs.auxmeta import AuxFsMetadata, read_formatted_aux_metadata
 from cvmstore.cocoonfs.auxwrite import update_aux_offline
 from cvmstore.cocoonfs.mkfs import MkfsOptions, mkfs_info_header
 from cvmstore.cocoonfs.volume import CocoonFsVolume
-from cvmstore.errors import CvmstoreError, DeviceError, PathNotFoundError
+from cvmstore.errors import CvmstoreError, DeviceError, DeviceFullError, PathNotFoundError
 
 __all__ = ["register_aux_edit", "register_write"]
 
@@ -240,8 +240,9 @@ def _aux_edit(args: argparse.Namespace) -> int:
     device = _device(args.image)
     with device:
         try:
+            volume = None
             if args.key is not None or args.key_file is not None:
-                CocoonFsVolume.open(device, _key(args))  # replays a journal, authenticates
+                volume = CocoonFsVolume.open(device, _key(args))  # replays, authenticates
 
             def edit(current: AuxFsMetadata) -> AuxFsMetadata:
                 entries = list(current.entries)
@@ -259,7 +260,14 @@ def _aux_edit(args: argparse.Namespace) -> int:
                     reserve = args.capacity
                 return AuxFsMetadata(tuple(entries), reserve)
 
-            update_aux_offline(device, edit)
+            try:
+                update_aux_offline(device, edit)
+            except DeviceFullError:
+                if volume is None:
+                    raise
+                # With the key the groups can be allocated anew, as large as needed.
+                current = read_formatted_aux_metadata(bytes(volume.image.data))
+                volume.set_aux_metadata(edit(current or AuxFsMetadata((), None)))
         except CvmstoreError as exc:
             raise _named(exc, args.image) from None
     return 0
@@ -277,9 +285,9 @@ def register_aux_edit(
         help="edit the auxiliary filesystem metadata (no key needed)",
         description="Edit the auxiliary metadata in place, without the key: the update goes "
         "through the two update groups so a crash leaves the old or the new metadata. It "
-        "must fit the room the groups have (the extra reserve capacity); growing them needs "
-        "the key and the Rust tool. With -k/-K the image is opened (and a pending journal "
-        "replayed) first.",
+        "must fit the room the groups have (the extra reserve capacity), else exit 11. With "
+        "-k/-K the image is opened (a pending journal replayed) first, and an edit that "
+        "does not fit goes into groups allocated anew, in one journaled transaction.",
     )
     key = edit.add_mutually_exclusive_group()
     key.add_argument("-k", "--key-file", metavar="FILE", help="file containing the key")

@@ -24,7 +24,7 @@ from collections.abc import Iterator, Mapping
 from cvmstore._types import BlockIndex
 from cvmstore.block.protocol import BlockDevice
 from cvmstore.cocoonfs.anchor import check_anchored, check_and_advance
-from cvmstore.cocoonfs.auxmeta import read_mkfsinfo_aux_metadata
+from cvmstore.cocoonfs.auxmeta import AuxFsMetadata, read_mkfsinfo_aux_metadata
 from cvmstore.cocoonfs.image import (
     FIRST_USER_INODE,
     CocoonFsImage,
@@ -258,10 +258,26 @@ class CocoonFsVolume:
             raise PathNotFoundError(f"CocoonFs inode {inode} does not exist")
         self.commit({inode: None})
 
-    def commit(self, changes: Mapping[int, tuple[bytes, int] | None]) -> None:
-        """Apply several writes (inode -> (data, flags)) and removals (None) atomically."""
-        p = plan(self.image, changes)
+    def commit(
+        self,
+        changes: Mapping[int, tuple[bytes, int] | None],
+        *,
+        aux: AuxFsMetadata | None = None,
+    ) -> None:
+        """Apply several writes (inode -> (data, flags)) and removals (None) atomically.
+
+        `aux` also replaces the auxiliary metadata in the same transaction, in update groups
+        allocated anew (sized for it and its extra reserve capacity).
+        """
+        p = plan(self.image, changes, aux=aux)
         self._write_plan(p)
+
+    def set_aux_metadata(self, meta: AuxFsMetadata) -> None:
+        """Replace the auxiliary metadata with the key, in one journaled transaction.
+
+        The update groups are allocated anew, so the metadata may outgrow their old room.
+        """
+        self.commit({}, aux=meta)
 
     def _write_plan(self, p: Plan) -> None:
         image = self.image
@@ -280,7 +296,7 @@ class CocoonFsVolume:
             p.bitmap_digests,
             writes,
             _runs(p.changed_data_blocks),
-            opened.mutable.aux_fs_metadata_heads,
+            p.image.mutable_header.aux_fs_metadata_heads,  # the new list wins while pending
         )
         payload = encode_payload(log, opened.root_key, layout)
         head = opened.journal_head

@@ -25,6 +25,14 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from cvmstore.cocoonfs.auxmeta import AuxFsMetadata
+from cvmstore.cocoonfs.auxwrite import (
+    STATE_ACTIVE,
+    aux_group_sizes,
+    circle_links,
+    encode_aux_extent,
+    split_payload,
+)
 from cvmstore.cocoonfs.entities import (
     chained_capacity,
     encrypt_block,
@@ -186,6 +194,10 @@ class _Txn:
         self.touched: set[int] = set()
         #: Extents allocated or freed, in order (the bitmap follows `new_map` over them).
         self.bit_changes: list[Extent] = []
+        #: The aux metadata list after the transaction: heads and extents (unchanged unless
+        #: `set_aux` reallocates it).
+        self.aux_heads: tuple[bytes, bytes] = opened.mutable.aux_fs_metadata_heads
+        self.aux_extents: list[Extent] = list(opened.aux_extents)
 
     def subkey(self, purpose: KeyPurpose, domain: int, subdomain: int) -> bytes:
         return self.opened.subkey(purpose, domain, subdomain)
@@ -282,6 +294,44 @@ class _Txn:
         old = self.entries.pop(inode, None)
         if old is not None:
             self.release_inode(old)
+
+    # -- auxiliary metadata -----------------------------------------------------------------
+
+    def set_aux(self, meta: AuxFsMetadata) -> None:
+        """Store `meta` in freshly allocated update groups sized for it and its reserve.
+
+        The old groups are freed. Both lists are authenticated as if free, so only the
+        bitmap changes for the tree; the new heads reach the mutable header and the journal.
+        """
+        layout = self.layout
+        payload = meta.encode()
+        reserve = meta.extra_reserve_capacity
+        align = 1 << max(
+            layout.io_block_allocation_blocks_log2,
+            layout.auth_tree_data_block_allocation_blocks_log2,
+        )
+        groups: list[list[Extent]] = []
+        for _ in range(1 if reserve is None else 2):
+            group: list[Extent] = []
+            for size in aux_group_sizes(layout, len(payload), reserve or 0):
+                extents = self.allocate(size, align)
+                if len(extents) != 1 or extents[0][0] % align:
+                    raise DeviceFullError("CocoonFs image full: no room for the aux metadata")
+                group += extents
+            groups.append(group)
+        self.free(self.aux_extents)
+        ring = [extent for group in groups for extent in group]
+        links = dict(zip(ring, circle_links(ring), strict=True))
+        for group in groups:
+            parts = split_payload(layout, group, payload)
+            for i, (extent, part) in enumerate(zip(group, parts, strict=True)):
+                state = STATE_ACTIVE if i == 0 else None
+                self.put(extent[0], encode_aux_extent(layout, extent, links[extent], state, part))
+        self.aux_extents = ring
+        self.aux_heads = (
+            encode_extent_ptr(*groups[0][0]),
+            encode_extent_ptr(*groups[1][0]) if len(groups) > 1 else NIL_PTR,
+        )
 
     # -- inode index ------------------------------------------------------------------------
 
@@ -384,7 +434,7 @@ class _Txn:
         entry_leaf = self.rebuild_index()
         new_bits = self.write_bitmap()
         geometry = opened.tree.geometry
-        skipped = [opened.journal_head, *opened.aux_extents]
+        skipped = [opened.journal_head, *self.aux_extents]
         counted = counted_blocks(opened, new_bits, skipped)
         changed = sorted({i for b in self.touched if (i := geometry.data_index(b)) is not None})
         tree = opened.tree
@@ -450,7 +500,7 @@ class _Txn:
         )
         old_mutable = opened.mutable
         mutable = MutableHeader(
-            old_mutable.aux_fs_metadata_heads,
+            self.aux_heads,
             root,
             encrypted_counter,
             preauth,
@@ -567,6 +617,8 @@ class _Txn:
         nxt.entries = dict(sorted(self.entries.items()))
         nxt.index_nodes = self.index_nodes
         nxt.counter = counter
+        nxt.aux_extents = self.aux_extents
+        nxt.skipped = [opened.journal_head, *self.aux_extents]
         tree = _clone_tree(opened.tree, nxt)
         # Authentic in the new image: every node verified before and left alone, every node
         # rewritten here; every data block checked before and not changed.
@@ -645,8 +697,15 @@ def _internal_payload(children: list[int], keys: list[int], slots: int, level: i
     return bytes(out)
 
 
-def plan(image: CocoonFsImage, changes: Mapping[int, tuple[bytes, int] | None]) -> Plan:
+def plan(
+    image: CocoonFsImage,
+    changes: Mapping[int, tuple[bytes, int] | None],
+    *,
+    aux: AuxFsMetadata | None = None,
+) -> Plan:
     """Build the transaction that applies `changes` (inode -> (data, flags), or None to remove).
+
+    `aux` replaces the auxiliary metadata, in update groups allocated anew for it.
 
     Raises:
         ValueError: a reserved inode (0-15), an inode beyond 64 bits, or flags beyond the 8
@@ -664,6 +723,8 @@ def plan(image: CocoonFsImage, changes: Mapping[int, tuple[bytes, int] | None]) 
         if not 0 <= flags <= 0xFF:
             raise ValueError(f"inode flags {flags:#x}: only the low 8 bits are the application's")
         txn.write_file(inode, data, flags)
+    if aux is not None:
+        txn.set_aux(aux)
     result = txn.finish()
     if any(change is not None for change in changes.values()):
         # A removal needs room too (a new index, staging copies, the journal): a write may
