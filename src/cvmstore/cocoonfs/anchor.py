@@ -292,6 +292,18 @@ def _enforcing(anchor: Anchor) -> None:
         raise ValueError(f"{type(anchor).__name__} anchors nothing: pass an enforcing anchor")
 
 
+def _prepare(
+    image: CocoonFsImage | ImageVersion, anchor: Anchor, volume_id: bytes | None
+) -> tuple[ImageVersion, bytes]:
+    """The image's version and the volume id to anchor it under; a non-enforcing anchor
+    is refused.
+    """
+    version = image if isinstance(image, ImageVersion) else image_version(image)
+    target = _volume_id(version, volume_id)
+    _enforcing(anchor)
+    return version, target
+
+
 def check_and_advance(
     image: CocoonFsImage | ImageVersion, anchor: Anchor, *, volume_id: bytes | None = None
 ) -> AnchorOutcome:
@@ -316,9 +328,7 @@ def check_and_advance(
         KbsError: the KBS ledger refused or could not be reached.
         ValueError: `anchor` does not enforce (`NoAnchor`), or a bad `volume_id`.
     """
-    version = image if isinstance(image, ImageVersion) else image_version(image)
-    target = _volume_id(version, volume_id)
-    _enforcing(anchor)
+    version, target = _prepare(image, anchor, volume_id)
     anchored = anchor.read(target)
     outcome, new = _judge(version, target, anchored)
     if new is None:
@@ -352,8 +362,6 @@ def check_anchored(
         KbsError: the KBS ledger refused or could not be reached.
         ValueError: `anchor` does not enforce (`NoAnchor`), or a bad `volume_id`.
     """
-    version = image if isinstance(image, ImageVersion) else image_version(image)
-    target = _volume_id(version, volume_id)
-    _enforcing(anchor)
+    version, target = _prepare(image, anchor, volume_id)
     outcome, _ = _judge(version, target, anchor.read(target))
     return dataclasses.replace(outcome, status=_UNWRITTEN.get(outcome.status, outcome.status))

@@ -142,8 +142,10 @@ def encode_mkfsinfo_aux_blob(layout: ImageLayout, payload: bytes) -> bytes:
     return checksum(padded) + padded
 
 
-def _fail_safe_write(device: BlockDevice, offset: int, raw: bytes) -> None:
-    """The fail-safe extent write protocol, in device blocks."""
+def fail_safe_write(device: BlockDevice, offset: int, raw: bytes) -> None:
+    """The fail-safe extent write protocol, in device blocks: the first block zeroed,
+    barrier, the rest, barrier, the first block, barrier.
+    """
     bs = device.block_size
     if offset % bs or len(raw) % bs:
         raise ValueError("aux metadata extents must be whole device blocks")
@@ -212,7 +214,7 @@ def update_aux_offline(
 
     def write(extent: Extent, state: int | None, part: bytes) -> None:
         raw = encode_aux_extent(layout, extent, links[extent], state, part)
-        _fail_safe_write(device, extent[0] << shift, raw)
+        fail_safe_write(device, extent[0] << shift, raw)
 
     # 0: a torn extent (a crash during an earlier edit) is repaired before any other write
     # may tear a second one; it is never in the effective group.

@@ -580,6 +580,13 @@ class _Opener:
             )
         return found
 
+    def entry_leaf_hmac(self, leaf_raw: bytes) -> bytes:
+        """The pre-authentication HMAC of an encrypted entry leaf under this image's key."""
+        key = self.subkey(
+            KeyPurpose.PREAUTH_CCA_PROTECTION_AUTH, SpecialInode.INDEX_ROOT, InodeKeySubdomain.DATA
+        )
+        return entry_leaf_hmac(self.layout, key, leaf_raw)
+
     def run(self, cls: type[CocoonFsImage]) -> CocoonFsImage:
         data = self.data
         static = StaticHeader.decode(data)
@@ -605,15 +612,7 @@ class _Opener:
         leaf_raw = data[leaf_at : leaf_at + leaf_size]
         if len(leaf_raw) != leaf_size:
             raise FormatError("CocoonFs inode index entry leaf beyond the image")
-        expect = entry_leaf_hmac(
-            layout,
-            self.subkey(
-                KeyPurpose.PREAUTH_CCA_PROTECTION_AUTH,
-                SpecialInode.INDEX_ROOT,
-                InodeKeySubdomain.DATA,
-            ),
-            leaf_raw,
-        )
+        expect = self.entry_leaf_hmac(leaf_raw)
         if not constant_time.bytes_eq(expect, mutable.entry_leaf_preauth_hmac):
             raise WrongKeyError("CocoonFs: the inode index entry leaf does not authenticate")
         index_key = self.subkey(

@@ -25,6 +25,7 @@ from cvmstore._types import BlockIndex
 from cvmstore.block.protocol import BlockDevice
 from cvmstore.cocoonfs.anchor import check_anchored, check_and_advance
 from cvmstore.cocoonfs.auxmeta import AuxFsMetadata, read_mkfsinfo_aux_metadata
+from cvmstore.cocoonfs.auxwrite import fail_safe_write
 from cvmstore.cocoonfs.image import (
     FIRST_USER_INODE,
     CocoonFsImage,
@@ -471,17 +472,12 @@ def _write_backup(device: BlockDevice, offset: int, blob: bytes, header: bytes) 
     bs = device.block_size
     if offset % bs or len(blob) % bs or len(header) % bs:
         raise FormatError("CocoonFs mkfs info header: backup place not in whole device blocks")
-    first = BlockIndex(offset // bs)
-    device.write(first, bytes(bs))
+    device.write(BlockIndex(offset // bs), bytes(bs))
     device.flush()
     if blob:
         device.write(BlockIndex((offset - len(blob)) // bs), blob)
         device.flush()
-    if len(header) > bs:
-        device.write(BlockIndex(first + 1), header[bs:])
-        device.flush()
-    device.write(first, header[:bs])
-    device.flush()
+    fail_safe_write(device, offset, header)
 
 
 def _online_mkfs_source(raw: bytes) -> bytes | None:

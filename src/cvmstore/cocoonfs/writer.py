@@ -50,7 +50,6 @@ from cvmstore.cocoonfs.image import (
     counted_blocks,
     encode_extents_list,
     encrypt_counter,
-    entry_leaf_hmac,
     image_context_digest,
     root_hmac_digest,
 )
@@ -472,15 +471,7 @@ class _Txn:
         leaf_ptr = encode_block_ptr(entry_leaf)
         leaf_at = entry_leaf << self.shift
         leaf_raw = bytes(self.new[leaf_at : leaf_at + layout.index_leaf_node_size])
-        preauth = entry_leaf_hmac(
-            layout,
-            self.subkey(
-                KeyPurpose.PREAUTH_CCA_PROTECTION_AUTH,
-                SpecialInode.INDEX_ROOT,
-                InodeKeySubdomain.DATA,
-            ),
-            leaf_raw,
-        )
+        preauth = opened.entry_leaf_hmac(leaf_raw)
         root_key = opened.tree.root_hmac_key
         context = image_context_digest(
             layout,
