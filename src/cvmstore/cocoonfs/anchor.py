@@ -295,8 +295,9 @@ def _enforcing(anchor: Anchor) -> None:
 def _prepare(
     image: CocoonFsImage | ImageVersion, anchor: Anchor, volume_id: bytes | None
 ) -> tuple[ImageVersion, bytes]:
-    """The image's version and the volume id to anchor it under; a non-enforcing anchor
-    is refused.
+    """The image's version and the volume id to anchor it under.
+
+    A non-enforcing anchor is refused (`ValueError`).
     """
     version = image if isinstance(image, ImageVersion) else image_version(image)
     target = _volume_id(version, volume_id)

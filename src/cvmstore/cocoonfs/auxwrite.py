@@ -143,8 +143,9 @@ def encode_mkfsinfo_aux_blob(layout: ImageLayout, payload: bytes) -> bytes:
 
 
 def fail_safe_write(device: BlockDevice, offset: int, raw: bytes) -> None:
-    """The fail-safe extent write protocol, in device blocks: the first block zeroed,
-    barrier, the rest, barrier, the first block, barrier.
+    """The fail-safe extent write protocol, in device blocks.
+
+    The first block zeroed, barrier, the rest, barrier, the first block, barrier.
     """
     bs = device.block_size
     if offset % bs or len(raw) % bs:
