@@ -157,8 +157,7 @@ def register(commands: Any) -> None:  # noqa: ANN401 (argparse's subparsers type
         ("list-files",),
         "list all files in the filesystem image",
         "Open the image (authenticating its headers and index) and list its files, one "
-        "`INODE 0xFLAGS` line "
-        "each in ascending inode order, as the Rust tool prints them.",
+        "`INODE 0xFLAGS` line each in ascending inode order, as the Rust tool prints them.",
         _list_files,
     )
     _add_key_options(listing)
@@ -169,8 +168,7 @@ def register(commands: Any) -> None:  # noqa: ANN401 (argparse's subparsers type
         ("read-file",),
         "read a file from the filesystem image",
         "Open the image and write one file's whole content, authenticated block by block, "
-        "to standard "
-        "output or to --output-file.",
+        "to standard output or to --output-file.",
         _read_file,
     )
     _add_key_options(read)
@@ -298,15 +296,22 @@ def _read(name: str, what: str) -> bytes:
         raise UsageError(f"cannot read {what} {name}: {exc.strerror}") from None
 
 
+def file_or_hex(path: str | None, text: str | None, what: str, flag: str) -> bytes:
+    """The raw bytes of the file `path`, else `text` decoded from hex.
+
+    The tool's -k/-K and -i/-I pairs. The value is never echoed in an error.
+    """
+    if path is not None:
+        return _read(path, f"the {what} file")
+    try:
+        return bytes.fromhex(text or "")
+    except ValueError:
+        raise UsageError(f"{flag}: expected a hexadecimal string") from None
+
+
 def _key(args: argparse.Namespace) -> bytes:
     """The key: the raw bytes of --key-file, or --key decoded from hex (never echoed)."""
-    if args.key_file is not None:
-        key = _read(args.key_file, "the key file")
-    else:
-        try:
-            key = bytes.fromhex(args.key)
-        except ValueError:
-            raise UsageError("--key: expected a hexadecimal string") from None
+    key = file_or_hex(args.key_file, args.key, "key", "--key")
     if not key:
         raise UsageError("the key is empty")
     return key

@@ -81,15 +81,9 @@ def _add_layout_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _options(args: argparse.Namespace, *, randomize: bool) -> MkfsOptions:
-    from cvmstore.cli.cocoonfs import _read
+    from cvmstore.cli.cocoonfs import file_or_hex
 
-    if args.salt_file is not None:
-        salt = _read(args.salt_file, "the salt file")
-    else:
-        try:
-            salt = bytes.fromhex(args.salt)
-        except ValueError:
-            raise UsageError("--salt: expected a hexadecimal string") from None
+    salt = file_or_hex(args.salt_file, args.salt, "salt", "--salt")
     if len(salt) > 255:
         raise UsageError(f"the salt is {len(salt)} bytes; at most 255")
     return MkfsOptions(

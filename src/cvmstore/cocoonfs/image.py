@@ -319,31 +319,33 @@ def image_context_digest(
 class CocoonFsImage:
     """An opened, fully authenticated CocoonFs v1 image (read-only)."""
 
-    def __init__(
-        self,
-        data: bytes,
-        static: StaticHeader,
-        mutable: MutableHeader,
-        root_key: bytes,
-        entries: dict[int, InodeEntry],
-        update_counter: int,
-        opened: _Opener,
-    ) -> None:
-        self._data = data
-        #: What opening learnt on the way (extents, bitmap, digests): the writer's start.
+    def __init__(self, opened: _Opener) -> None:
+        #: What opening learnt on the way (headers, extents, bitmap, index, verified tree):
+        #: everything below is read from it, and the writer starts from it.
         self._opened = opened
-        self.static_header = static
-        self.mutable_header = mutable
-        self._root_key = root_key
-        self._entries = entries
-        #: The decrypted 128-bit filesystem update counter (section "Filesystem update
-        #: counter"), authenticated by the root HMAC.
-        self.update_counter = update_counter
+
+    @property
+    def static_header(self) -> StaticHeader:
+        """The static image header."""
+        return self._opened.static
+
+    @property
+    def mutable_header(self) -> MutableHeader:
+        """The mutable image header (root HMAC, counter, entry leaf, aux heads)."""
+        return self._opened.mutable
+
+    @property
+    def update_counter(self) -> int:
+        """The decrypted 128-bit update counter, authenticated by the root HMAC.
+
+        Section "Filesystem update counter".
+        """
+        return self._opened.counter
 
     @property
     def layout(self) -> ImageLayout:
         """The image layout of the static header."""
-        return self.static_header.layout
+        return self._opened.layout
 
     @classmethod
     def open(cls, data: bytes, key: bytes, *, lazy: bool = False) -> CocoonFsImage:
@@ -373,16 +375,16 @@ class CocoonFsImage:
 
     @property
     def data(self) -> bytes:
-        """The authenticated image bytes."""
-        return self._data
+        """The image bytes (what is read from them is authenticated first)."""
+        return self._opened.data
 
     def entry(self, inode: int) -> InodeEntry | None:
         """The index entry of `inode` (any inode, the special ones too), or None."""
-        return self._entries.get(inode)
+        return self._opened.entries.get(inode)
 
     def list_files(self) -> list[InodeEntry]:
         """The application inodes (numbers 16 and up), in ascending order."""
-        return [e for n, e in sorted(self._entries.items()) if n >= FIRST_USER_INODE]
+        return [e for n, e in sorted(self._opened.entries.items()) if n >= FIRST_USER_INODE]
 
     def read_file(self, inode: int) -> bytes:
         """The whole content of `inode`.
@@ -391,24 +393,22 @@ class CocoonFsImage:
             PathNotFoundError: no such inode.
             FormatError: malformed extents or padding.
         """
-        entry = self._entries.get(inode)
+        entry = self._opened.entries.get(inode)
         if entry is None:
             raise PathNotFoundError(f"CocoonFs inode {inode} does not exist")
         tree = self._opened.tree
         extents = _inode_extents(
-            self._data, self.layout, self._root_key, entry, None, None, tree.check_extent
+            self.data, self.layout, self._opened.root_key, entry, None, None, tree.check_extent
         )
         if not extents:
             return b""
         for extent in extents:
             tree.check_extent(extent)
-        raw = b"".join(_extent_bytes(self._data, self.layout, e) for e in extents)
+        raw = b"".join(_extent_bytes(self.data, self.layout, e) for e in extents)
         ct_len = (len(raw) - _IV_LEN) // CIPHER_BLOCK_LEN * CIPHER_BLOCK_LEN
         if ct_len <= 0:
             raise FormatError(f"CocoonFs inode {inode}: extents too short")
-        key = derive_subkey(
-            self._root_key, self.layout, KeyPurpose.ENCRYPTION, inode, InodeKeySubdomain.DATA
-        )
+        key = self._opened.subkey(KeyPurpose.ENCRYPTION, inode, InodeKeySubdomain.DATA)
         plain = _cbc_decrypt(
             self.layout.block_cipher_alg, key, raw[:_IV_LEN], raw[_IV_LEN : _IV_LEN + ct_len]
         )
@@ -683,7 +683,7 @@ class _Opener:
         counter = int.from_bytes(counter_plain[:16], "little")
         self.entries = entries
         self.counter = counter
-        return cls(self.data, static, mutable, self.root_key, entries, counter, self)
+        return cls(self)
 
     def _journal_head(self) -> Extent:
         return journal_head_extent(self.layout, self.header_end)

@@ -345,9 +345,7 @@ class CocoonFsVolume:
 
     def _sync_image(self) -> None:
         """Let the in-memory state hold exactly what the device holds (free space included)."""
-        data = bytes(self._disk.view)
-        self.image._data = data
-        self.image._opened.data = data
+        self.image._opened.data = bytes(self._disk.view)
 
 
 def _take(spare: Iterator[int], count: int) -> list[int]:

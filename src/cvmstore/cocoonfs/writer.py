@@ -616,9 +616,7 @@ class _Txn:
         tree.verified = {**opened.tree.verified, **{n: nodes[n] for n in rewritten}}
         tree.checked_blocks = opened.tree.checked_blocks | set(changed)
         nxt.tree = tree
-        return CocoonFsImage(
-            nxt.data, opened.static, mutable, opened.root_key, nxt.entries, counter, nxt
-        )
+        return CocoonFsImage(nxt)
 
 
 class _Overlay:
